@@ -1,0 +1,161 @@
+"""Instance settings: command-line overrides, then LIGHTABACO_* environment variables, then defaults.
+
+One frozen-looking dataclass that every part of the service receives (through the services container).
+Worker processes rebuild it from the same environment plus the `--home` they are given, so a setting
+never needs to be passed twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "LIGHTABACO_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the variable and the accepted values."""
+
+
+def default_home() -> Path:
+    env = os.environ.get(ENV_PREFIX + "HOME")
+    return Path(env).expanduser() if env else Path.home() / ".lightabaco"
+
+
+@dataclass
+class Settings:
+    home: Path = field(default_factory=default_home)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Global cap on worker processes (all actors together).
+    workers: int = 8
+    backend: str = "auto"  # auto | bwrap | podman
+    auth: str = "token"  # token | none
+    case: str = "snake"  # snake | camel
+    database_url: str = ""  # empty: SQLite file <home>/lightabaco.db
+    tenant: str = "DEV"
+    version: str = "1.0.0-lightabaco"  # the envelope's "version"
+    public_url: str = ""  # base URL advertised in _links and _abaco_api_server; empty: from the request
+    # Synchronous messages: the server-side deadline after which the request answers 504.
+    sync_timeout_s: float = 30.0
+    sync_max_queued: int = 3  # sync requests are refused when more messages than this are queued
+    # Per-execution limits (an actor's own max_run_time / mem_limit / max_cpus win).
+    default_max_run_time: float = 300.0  # seconds; <= 0 means unlimited
+    network: str = "none"  # none | host : whether actors see the host network
+    mem_limit: str = ""  # e.g. "512m"; empty = unlimited
+    max_cpus: float = 0.0  # 0 = unlimited
+    max_body_bytes: int = 10_000_000  # largest request body (binary messages included)
+    max_log_bytes: int = 1_000_000  # execution logs are truncated beyond this, with a marker
+    log_ex: int = 43200  # default log lifetime in seconds
+    log_ex_limit: int = 86400  # an actor's log_ex is capped to this
+    results_ttl_s: int = 3600  # results expire 60 minutes after they were sent
+    default_token: bool = False  # default of the actor "token" attribute
+    token_ttl_s: int = 14400
+    autoscaling: bool = True
+    max_workers_per_actor: int = 6
+    worker_idle_s: float = 600.0  # autoscaler: stop idle extra workers after this long
+    lease_s: float = 30.0  # a claimed message returns to the queue if its worker stops renewing
+    max_attempts: int = 3  # deliveries of one message before its execution is marked ERROR
+    trust_v2_jwt: bool = False
+    strict_cron_500: bool = False  # Abaco answers 500 for a bad cron unit; we answer 400 unless set
+    cron_tick_s: float = 10.0
+    housekeeping_s: float = 30.0
+    log_level: str = "info"
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from overrides (None values are ignored), then LIGHTABACO_* variables."""
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.name
+            if overrides.get(name) is not None:
+                values[name] = _coerce(name, overrides[name], hints[name])
+                continue
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = _coerce(name, raw, hints[name])
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}; "
+                                f"known: {', '.join(f.name for f in fields(cls))}")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        self.home = Path(self.home).expanduser()
+        choices = {"backend": ("auto", "bwrap", "podman"), "auth": ("token", "none"),
+                   "case": ("snake", "camel"), "network": ("none", "host")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)!r} is not valid; "
+                                    f"use one of: {', '.join(allowed)}")
+        if self.workers < 1:
+            raise SettingsError(f"workers must be at least 1 (got {self.workers}); pass --workers N")
+
+    def to_env(self) -> dict[str, str]:
+        """The LIGHTABACO_* variables that reproduce these settings in a child process."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            out[ENV_PREFIX + f.name.upper()] = str(value)
+        return out
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    # -- derived paths ---------------------------------------------------------------------------
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "lightabaco.db"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def exec_dir(self) -> Path:
+        return self.home / "exec"
+
+    @property
+    def run_dir(self) -> Path:
+        """Doorbell sockets and pid files: small, per running server."""
+        return self.home / "run"
+
+    @property
+    def token_path(self) -> Path:
+        return self.home / "token"
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    kind_s = str(kind)
+    try:
+        if kind is bool or kind_s == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind is int or kind_s == "int":
+            return int(value)
+        if kind is float or kind_s == "float":
+            return float(value)
+        if kind is Path or "Path" in kind_s:
+            return Path(str(value)).expanduser()
+        return str(value)
+    except ValueError:
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={value!r} is not a valid {kind_s}; "
+                            f"fix the value or unset it") from None

@@ -1,0 +1,248 @@
+"""Events, links and webhooks (spec §3.9, §8).
+
+`emit()` is called by the service at ACTOR_READY, ACTOR_ERROR and EXECUTION_COMPLETE. Events are only
+produced for actors with a `link` or a `webhook`:
+- link: the event becomes a JSON message on the linked actor (executor "Abaco Event");
+- webhook: a row in the `sharing_event_delivery` table, POSTed by a delivery thread in the server
+  process, retried with exponential backoff when the receiver fails, and kept across restarts.
+Emitting never raises: a broken link or webhook must not break the execution that produced the event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Mapping
+
+from lightabaco.core import permissions as perms
+from lightabaco.core.errors import AbacoError, ValidationError
+from lightabaco.core.identity import Identity
+from lightabaco.core.serialize import display_time
+
+log = logging.getLogger(__name__)
+
+ACTOR_READY = "ACTOR_READY"
+ACTOR_ERROR = "ACTOR_ERROR"
+EXECUTION_COMPLETE = "EXECUTION_COMPLETE"
+EVENT_TYPES = (ACTOR_READY, ACTOR_ERROR, EXECUTION_COMPLETE)
+EVENT_USER = "Abaco Event"
+
+MAX_ATTEMPTS = 8
+MAX_BACKOFF_S = 300.0
+POST_TIMEOUT_S = 10.0
+
+LINK_UNRESOLVABLE = ("Invalid link parameter; unable to retrieve linked actor data. The link must be a valid "
+                     "actor id or alias for which you have EXECUTE permission. ")
+LINK_SELF = "Invalid link parameter. An actor cannot link to itself."
+LINK_CYCLE = "Error: this update would result in a cycle of linked actors."
+
+
+def _attr(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+# -- links -------------------------------------------------------------------------------------------
+
+
+def has_cycles(links: Mapping[str, str]) -> bool:
+    """True if following `node → links[node]` from any node revisits a node (a self-loop counts)."""
+    done: set[str] = set()
+    for start in links:
+        seen: set[str] = set()
+        node: str | None = start
+        while node is not None and node in links and node not in done:
+            if node in seen:
+                return True
+            seen.add(node)
+            node = links[node]
+        done |= seen
+    return False
+
+
+def _resolve(tenant: str, identifier: str) -> str | None:
+    """Actor id for an id or alias in the tenant, or None when nothing exists under that name."""
+    from lightabaco.core.aliases import actor_exists, resolve_actor_id
+
+    try:
+        actor_id = resolve_actor_id(None, tenant, identifier)
+    except AbacoError:
+        return None
+    return actor_id if actor_exists(tenant, actor_id) else None
+
+
+def validate_link(services: Any, identity: Identity, actor: Any, link: str | None) -> str:
+    """Check a new `link` value for the actor (None for an actor being registered); returns it."""
+    from lightabaco.store.models import Actor
+
+    link = (link or "").strip()
+    if not link:
+        return ""
+    tenant = identity.tenant
+    target = _resolve(tenant, link)
+    if target is None or not perms.has_level(identity, perms.ACTOR, f"{tenant}_{target}", perms.EXECUTE):
+        raise ValidationError(LINK_UNRESOLVABLE)
+    actor_id = _attr(actor, "id") if actor is not None else None
+    if actor_id is None:
+        return link  # a new actor has nothing linking to it yet: no cycle is possible
+    if target == actor_id:
+        raise ValidationError(LINK_SELF)
+    graph: dict[str, str] = {}
+    for row in Actor.select(Actor.id, Actor.link).where((Actor.tenant == tenant) & (Actor.link != "")):
+        resolved = _resolve(tenant, row.link)
+        if resolved:
+            graph[row.id] = resolved
+    graph[actor_id] = target
+    if has_cycles(graph):
+        raise ValidationError(LINK_CYCLE)
+    return link
+
+
+# -- emitting ----------------------------------------------------------------------------------------
+
+
+def build_event(actor: Any, event_type: str, now: float, **data: Any) -> dict[str, Any]:
+    tenant = _attr(actor, "tenant", "")
+    link = _attr(actor, "link", "") or ""
+    linked = _resolve(tenant, link) if link else None
+    stamp = display_time(now)
+    event = {
+        "tenant_id": tenant,
+        "event_type": event_type,
+        "event_time_utc": stamp,
+        "event_time_display": stamp,
+        "actor_id": _attr(actor, "id"),
+        "actor_dbid": perms.actor_dbid(actor),
+        "_abaco_link": f"{tenant}_{linked}" if linked else "",
+        "_abaco_webhook": _attr(actor, "webhook", "") or "",
+    }
+    if event_type in (ACTOR_READY, ACTOR_ERROR):
+        event["status_message"] = data.pop("status_message", _attr(actor, "status_message", ""))
+    event.update(data)
+    return event
+
+
+def emit(services: Any, actor: Any, event_type: str, **data: Any) -> None:
+    """Publish an event of the actor to its link and webhook (no-op when it has neither)."""
+    link = _attr(actor, "link", "") or ""
+    webhook = _attr(actor, "webhook", "") or ""
+    if not link and not webhook:
+        return
+    try:
+        now = services.now() if hasattr(services, "now") else time.time()
+        event = build_event(actor, event_type, now, **data)
+        if link:
+            _deliver_to_link(services, actor, link, event)
+        if webhook:
+            _queue_webhook(services, actor, webhook, event, now)
+    except Exception:
+        log.exception("event %s of actor %s could not be published", event_type, perms.actor_dbid(actor))
+
+
+def _deliver_to_link(services: Any, actor: Any, link: str, event: dict[str, Any]) -> None:
+    from lightabaco.core import messages
+    from lightabaco.store.models import Actor
+
+    tenant = _attr(actor, "tenant", "")
+    target_id = _resolve(tenant, link)
+    target = Actor.get_or_none(Actor.dbid == f"{tenant}_{target_id}") if target_id else None
+    if target is None:
+        log.warning("actor %s links to %r, which no longer exists; event %s dropped",
+                    perms.actor_dbid(actor), link, event["event_type"])
+        return
+    messages.enqueue_for_actor(services, None, target, event, messages.JSON, {}, executor=EVENT_USER,
+                               extra_env={"_abaco_username": EVENT_USER})
+
+
+def _queue_webhook(services: Any, actor: Any, url: str, event: dict[str, Any], now: float) -> None:
+    from lightabaco.store.sharing import EventDelivery
+
+    payload = dict(event, _abaco_Content_Type="application/json", _abaco_username=EVENT_USER)
+    EventDelivery.create(tenant=_attr(actor, "tenant", ""), actor_dbid=perms.actor_dbid(actor), url=url,
+                         payload=json.dumps(payload), next_attempt=now, create_time=now)
+    _WAKE.set()
+
+
+# -- webhook delivery ----------------------------------------------------------------------------------
+
+_WAKE = threading.Event()
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait after the n-th failed attempt: 2, 4, 8, ... capped at 5 minutes."""
+    return min(2.0 ** attempts, MAX_BACKOFF_S)
+
+
+def post_json(url: str, payload: str, timeout: float = POST_TIMEOUT_S) -> None:
+    """POST a JSON document; raises OSError/HTTPError for any failure or non-2xx answer."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"webhook URL {url!r} must start with http:// or https://")
+    request = urllib.request.Request(url, data=payload.encode(), method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "User-Agent": "lightabaco-webhook"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - user-set URL
+        response.read()
+
+
+def deliver_due(services: Any, now: float | None = None, limit: int = 20,
+                sender: Any = post_json) -> int:
+    """Attempt every pending delivery whose time has come; returns how many succeeded."""
+    from lightabaco.store.sharing import EventDelivery
+
+    stamp = time.time() if now is None else now
+    rows = list(EventDelivery.select()
+                .where((EventDelivery.status == "pending") & (EventDelivery.next_attempt <= stamp))
+                .order_by(EventDelivery.id).limit(limit))
+    delivered = 0
+    for row in rows:
+        try:
+            sender(row.url, row.payload)
+        except Exception as exc:  # any failure is retried later with backoff
+            attempts = row.attempts + 1
+            failed = attempts >= MAX_ATTEMPTS
+            (EventDelivery.update(attempts=attempts, last_error=str(exc)[:500],
+                                  next_attempt=stamp + backoff(attempts),
+                                  status="failed" if failed else "pending")
+             .where(EventDelivery.id == row.id).execute())
+            log.warning("webhook %s for actor %s failed (attempt %d/%d): %s", row.url, row.actor_dbid, attempts,
+                        MAX_ATTEMPTS, exc)
+        else:
+            EventDelivery.delete().where(EventDelivery.id == row.id).execute()
+            delivered += 1
+    return delivered
+
+
+class DeliveryThread(threading.Thread):
+    """Delivers webhooks in the background of the server process; wakes on emit() or every second."""
+
+    def __init__(self, services: Any, interval_s: float = 1.0) -> None:
+        super().__init__(name="lightabaco-webhooks", daemon=True)
+        self.services = services
+        self.interval_s = interval_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                deliver_due(self.services)
+            except Exception:
+                log.exception("webhook delivery pass failed; retrying")
+            _WAKE.wait(self.interval_s)
+            _WAKE.clear()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop_event.set()
+        _WAKE.set()
+        self.join(timeout)
+
+
+def start_delivery(services: Any) -> DeliveryThread:
+    """Start the webhook delivery thread (call once in the server process)."""
+    thread = DeliveryThread(services)
+    thread.start()
+    return thread

@@ -1,0 +1,119 @@
+"""Sending messages (spec §2.4, §6): one committed execution + mailbox row per accepted message."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from lightabaco import ids
+from lightabaco.core import actors as actors_mod
+from lightabaco.core import workers
+from lightabaco.core.errors import ValidationError
+from lightabaco.core.identity import Identity
+from lightabaco.store import mailbox
+from lightabaco.store.db import write_tx
+from lightabaco.store.models import Execution, Worker
+
+STR = "str"
+JSON = "application/json"
+BINARY = "application/octet-stream"
+# Query parameters that configure the request itself and never reach the actor's environment.
+_NOT_ENV = {"message", "x-nonce"}
+
+
+@dataclass(frozen=True)
+class Sent:
+    execution_id: str
+    execution_dbid: str
+    actor_dbid: str
+    result: dict[str, Any]
+
+
+def encode(payload: Any, content_type: str) -> bytes:
+    if content_type == BINARY:
+        return bytes(payload)
+    if content_type == JSON:
+        return json.dumps(payload).encode()
+    return str(payload).encode()
+
+
+def links(services: Any, identity: Identity, actor: Any, execution_id: str) -> dict[str, str]:
+    base = actors_mod.base_url(services, identity, actor)
+    return {"self": f"{base}/actors/{actor.id}/executions/{execution_id}",
+            "owner": f"{base}/profiles/{actor.owner}",
+            "messages": f"{base}/actors/{actor.id}/messages"}
+
+
+def send_message(services: Any, identity: Identity, identifier: str, payload: Any, content_type: str,
+                 query: dict[str, str], synchronous: bool = False, executor: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> Sent:
+    """Commit the execution and the message, then wake a worker. Returns the POST result object."""
+    actor = actors_mod.load(services, identity, identifier, "EXECUTE")
+    return enqueue_for_actor(services, identity, actor, payload, content_type, query, synchronous,
+                             executor, extra_env)
+
+
+def enqueue_for_actor(services: Any, identity: Identity | None, actor: Any, payload: Any,
+                      content_type: str, query: dict[str, str], synchronous: bool = False,
+                      executor: str | None = None, extra_env: dict[str, str] | None = None) -> Sent:
+    """Enqueue without a permission check (used by the API after its check, by cron and by events)."""
+    if synchronous and mailbox.count(actor.dbid) > services.settings.sync_max_queued:
+        raise ValidationError("Cannot issue synchronous execution when actor message queue > 0.")
+    now = services.now()
+    execution_id = ids.new_id()
+    execution_dbid = ids.dbid(actor.dbid, execution_id)
+    api_server = actors_mod.base_url(services, identity, actor)
+    env = {k: v for k, v in query.items() if k not in _NOT_ENV}
+    if identity is not None and executor is None:
+        env["_abaco_username"] = identity.username
+    env.update(extra_env or {})
+    env.update({"_abaco_api_server": api_server, "_abaco_execution_id": execution_id,
+                "_abaco_Content_Type": content_type, "_abaco_actor_revision": str(actor.revision)})
+    body = encode(payload, content_type)
+    need_worker = False
+    with write_tx():
+        Execution.insert(dbid=execution_dbid, id=execution_id, actor_dbid=actor.dbid,
+                         tenant=actor.tenant, api_server=api_server,
+                         executor=executor or (identity.username if identity else ""),
+                         status="SUBMITTED", message_received_time=now).execute()
+        mailbox.enqueue(actor.dbid, execution_id, body, content_type, env, actor.stateless, now)
+        if actor.status not in ("ERROR", "SHUTTING_DOWN") and workers.live_count(actor.dbid) == 0:
+            workers._new_row(actor, now)
+            need_worker = True
+    if need_worker:
+        workers.wake(services)
+    else:
+        services.notifier.wake_actor(actor.dbid)
+    shown = "binary - omitted" if content_type == BINARY else payload
+    result = {"execution_id": execution_id, "msg": shown,
+              "_links": links(services, identity, actor, execution_id) if identity else {}}
+    return Sent(execution_id, execution_dbid, actor.dbid, result)
+
+
+def count_messages(services: Any, identity: Identity, identifier: str) -> dict[str, Any]:
+    actor = actors_mod.load(services, identity, identifier, "READ")
+    base = actors_mod.base_url(services, identity, actor)
+    return {"messages": mailbox.count(actor.dbid),
+            "_links": {"self": f"{base}/actors/{actor.id}/messages",
+                       "owner": f"{base}/profiles/{actor.owner}"}}
+
+
+def purge_messages(services: Any, identity: Identity, identifier: str) -> dict[str, Any]:
+    actor = actors_mod.load(services, identity, identifier, "UPDATE")
+    execution_ids = mailbox.purge(actor.dbid)
+    if execution_ids:
+        # Abaco leaves these SUBMITTED forever; we say what happened to them.
+        Execution.update(status="ERROR", status_message="The message was purged from the mailbox "
+                         "before it ran.").where(
+            (Execution.actor_dbid == actor.dbid) & Execution.id.in_(execution_ids)
+            & (Execution.status == "SUBMITTED")).execute()
+    base = actors_mod.base_url(services, identity, actor)
+    return {"msg": "Actor mailbox purged.",
+            "_links": {"self": f"{base}/actors/{actor.id}/messages",
+                       "owner": f"{base}/profiles/{actor.owner}"}}
+
+
+def idle_worker_ids(actor_dbid: str) -> list[str]:
+    return [w.id for w in Worker.select(Worker.id).where(
+        (Worker.actor_dbid == actor_dbid) & (Worker.status == "READY"))]

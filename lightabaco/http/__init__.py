@@ -1,0 +1,1 @@
+"""The HTTP edge: Starlette routes, request parsing, the Abaco envelope, case conversion."""

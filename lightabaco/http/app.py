@@ -1,0 +1,133 @@
+"""create_app(services) -> Starlette: routes under /actors, /actors/v2 and /v3/actors, CORS,
+authentication, Abaco envelopes for every error (404 unknown path, 405 wrong method, 500 otherwise)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import re
+import time
+from typing import Any, AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lightabaco.core.doorbell import ExecutionWaiter
+from lightabaco.core.errors import AbacoError
+from lightabaco.http import envelope
+from lightabaco.http import routes_actors, routes_executions, routes_messages, routes_workers
+
+log = logging.getLogger(__name__)
+
+NOT_FOUND = "Invalid request: the requested URL is not an Abaco endpoint."
+BAD_METHOD = "Invalid HTTP method on requested resource."
+_SLASHES = re.compile(r"/{2,}")
+
+
+class PathNormalizer:
+    """Serve one resource tree under three prefixes and tolerate repeated or trailing slashes:
+    /actors/v2/x and /v3/actors/x both become /actors/x before routing (spec §1.1)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            new = _SLASHES.sub("/", path)
+            if new.startswith("/v3/actors"):
+                new = new[len("/v3"):]
+            elif new == "/actors/v2" or new.startswith("/actors/v2/"):
+                new = "/actors" + new[len("/actors/v2"):]
+            if len(new) > 1 and new.endswith("/"):
+                new = new.rstrip("/") or "/"
+            if new != path:
+                scope = dict(scope)
+                scope["path"] = new
+                scope["raw_path"] = new.encode()
+        await self.app(scope, receive, send)
+
+
+def _optional_routes(name: str) -> list:
+    """The sharing helper's route modules, while they may not exist yet."""
+    try:
+        module = importlib.import_module(f"lightabaco.http.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"lightabaco.http.{name}":
+            raise
+        return []
+    return list(getattr(module, "routes", []))
+
+
+def _auth_middleware() -> Any:
+    try:
+        module = importlib.import_module("lightabaco.http.auth")
+    except ModuleNotFoundError as exc:
+        if exc.name != "lightabaco.http.auth":
+            raise
+        return None
+    return module.AuthMiddleware
+
+
+async def abaco_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AbacoError)
+    return envelope.error(exc.message, exc.code)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return envelope.error(NOT_FOUND, 404)
+    if exc.status_code == 405:
+        return envelope.error(BAD_METHOD, 405)
+    return envelope.error(str(exc.detail), exc.status_code)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return envelope.error(f"Unrecognized exception type: {type(exc).__name__}. Exception: {exc}", 500)
+
+
+def create_app(services: Any, waiter: ExecutionWaiter | None = None) -> Starlette:
+    envelope.set_version(services.settings.version)
+    if waiter is None:
+        waiter = ExecutionWaiter(services.settings.home)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            waiter.start()
+        except OSError as exc:  # another process already uses this name: fall back to polling
+            log.warning("sync-message doorbell unavailable (%s); synchronous messages will poll", exc)
+        try:
+            yield
+        finally:
+            waiter.stop()
+
+    # Fixed words before /actors/{actor_id} (spec §1.1): the sharing helper's routes come first.
+    routes: list = []
+    for name in ("routes_admin", "routes_search", "routes_sharing"):
+        routes.extend(_optional_routes(name))
+    routes += routes_actors.routes + routes_messages.routes + routes_executions.routes
+    routes += routes_workers.routes
+
+    middleware = [Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
+                             allow_headers=["*"]),
+                  Middleware(PathNormalizer)]
+    auth = _auth_middleware()
+    if auth is not None:
+        middleware.append(Middleware(auth, services=services))
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={AbacoError: abaco_error, HTTPException: http_error,
+                                        Exception: unexpected_error})
+    app.state.services = services
+    app.state.waiter = waiter
+    app.state.clock = time.monotonic
+    return app

@@ -1,0 +1,62 @@
+"""Helpers shared by the route modules: the caller, the services, case conversion, threadpool calls."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from lightabaco.core.identity import Identity
+from lightabaco.core.serialize import to_case
+from lightabaco.http.envelope import JSONEnvelope, ok
+
+T = TypeVar("T")
+
+
+def services_of(request: Request) -> Any:
+    return request.app.state.services
+
+
+def identity_of(request: Request) -> Identity:
+    ident = getattr(request.state, "identity", None)
+    if ident is None:  # no auth middleware in front (unit tests of a bare app)
+        ident = Identity(username="anonymous", roles=frozenset({"admin"}), via="none")
+    if not ident.api_server:
+        base = str(request.base_url).rstrip("/")
+        ident = Identity(username=ident.username, tenant=ident.tenant, roles=ident.roles, via=ident.via,
+                         nonce_id=ident.nonce_id, api_server=base)
+    return ident
+
+
+async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a (blocking, database-bound) core call off the event loop."""
+    return await run_in_threadpool(fn, *args, **kwargs)
+
+
+def case_of(request: Request) -> str:
+    return services_of(request).settings.case
+
+
+def respond(request: Request, result: Any, message: str, nested: tuple[str, ...] = ()) -> JSONEnvelope:
+    """Envelope a displayed object (or list of them) in the instance's case mode.
+
+    `nested` names list-valued keys whose items are displayed objects too (e.g. "executions").
+    """
+    case = case_of(request)
+    if case == "camel":
+        def convert(obj: Any) -> Any:
+            if isinstance(obj, dict):
+                for key in nested:
+                    if isinstance(obj.get(key), list):
+                        obj = {**obj, key: [to_case(i, case) for i in obj[key]]}
+                return to_case(obj, case)
+            return obj
+
+        result = [convert(r) for r in result] if isinstance(result, list) else convert(result)
+    return ok(result, message)
+
+
+def has_search_params(request: Request) -> bool:
+    keys = set(request.query_params.keys())
+    return bool(keys - {"x-nonce"})

@@ -1,0 +1,290 @@
+"""The bubblewrap backend: one unprivileged bwrap sandbox per execution (sandbox-notes §5, §10.4).
+
+Every host path reaches bwrap as an already-open O_PATH file descriptor (`--ro-bind-fd`), and every
+option (including the actor's environment, with --clearenv/--setenv) through a memfd (`--args`);
+only the image's command stays on the visible argv. So: no host path lookups happen as the sandbox
+user (the store may sit in a 0700 home), the message environment never shows in `ps`, and the message environment never becomes bwrap's own environment (an
+`LD_PRELOAD` in a message would otherwise be loaded into bwrap on the host).
+
+rlimits: bwrap starts with --block-fd, reports the host pid of sandbox pid 1 on --json-status-fd,
+and waits; the monitor prlimit()s that pid and releases it. That applies limits before the actor's
+first instruction without preexec_fn (unsafe with threads, forces fork) or an extra `prlimit` exec.
+As root that does not work (root lacks CAP_SYS_RESOURCE over the sandbox user's processes on some
+hosts), so there the `prlimit` program wraps bwrap instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import threading
+from pathlib import Path
+
+from . import probe as probe_mod
+from .channels import LogSink, ResultsSocket, write_binary_data
+from .errors import BackendUnavailable, ExecutionSetupError
+from .execution import DEFAULT_MAX_PROCS, LaunchPlan, MonitoredExecution
+from .scratch import Scratch, new_execution_id
+from .types import ExecResult, ExecSpec, ProbeReport
+from .users import HostUser, check_reachable_by, sandbox_host_user, sandbox_identity
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BINARY_DATA = "/_abaco_binary_data"
+RESULTS_SOCK = "/_abaco_results.sock"
+# Mount points that must already exist in a read-only image root (the image store prepares them).
+_RO_ROOT_NEEDS = ("proc", "dev", "tmp", BINARY_DATA[1:], RESULTS_SOCK[1:])
+# As root the sandbox user's total process count is capped too: a backstop behind the watchdog.
+ROOT_NPROC_CAP = 4096
+
+
+def build_env(spec: ExecSpec, hostname: str, home: str) -> dict[str, str]:
+    """Image Env, then the message environment on top (None = unset), then defaults if absent."""
+    env: dict[str, str] = {}
+    for item in spec.image.config.env:
+        key, sep, value = item.partition("=")
+        if key and sep:
+            env[key] = value
+    for key, value in spec.env.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("HOME", home)
+    env.setdefault("HOSTNAME", hostname)
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise ExecutionSetupError(
+                f"environment variable {key[:40]!r} cannot be passed to a process (names may not be "
+                "empty or contain '=' or NUL, values may not contain NUL); rename or drop it"
+            )
+    return env
+
+
+def build_command(spec: ExecSpec) -> list[str]:
+    """Docker semantics: Entrypoint + (the override, else the image Cmd)."""
+    cfg = spec.image.config
+    command = list(cfg.entrypoint) + list(spec.cmd if spec.cmd is not None else cfg.cmd)
+    if not command:
+        raise ExecutionSetupError(
+            f"image {spec.image.reference or spec.image.config_digest} has no Entrypoint or Cmd; "
+            "give the actor a command or rebuild the image with a CMD"
+        )
+    return command
+
+
+def _rlimits(spec: ExecSpec) -> list[tuple[int, tuple[int, int]]]:
+    lim = spec.limits
+    out: list[tuple[int, tuple[int, int]]] = [(resource.RLIMIT_CORE, (0, 0))]
+    if lim.cpu_seconds:
+        # soft == hard: the kernel SIGKILLs at the limit. A lower soft limit would only send
+        # SIGXCPU, which the sandbox's pid 1 ignores (sandbox-notes §6.2), and let it run on.
+        out.append((resource.RLIMIT_CPU, (int(lim.cpu_seconds), int(lim.cpu_seconds))))
+    if lim.memory_bytes:
+        # RLIMIT_DATA, not RLIMIT_AS: it counts what a process actually allocates, and does not
+        # break runtimes that reserve large virtual areas (JVM, Go).
+        out.append((resource.RLIMIT_DATA, (int(lim.memory_bytes), int(lim.memory_bytes))))
+    if lim.max_file_bytes:
+        out.append((resource.RLIMIT_FSIZE, (int(lim.max_file_bytes), int(lim.max_file_bytes))))
+    if lim.nofile:
+        out.append((resource.RLIMIT_NOFILE, (int(lim.nofile), int(lim.nofile))))
+    return out
+
+
+_PRLIMIT_FLAGS = {resource.RLIMIT_CORE: "--core", resource.RLIMIT_CPU: "--cpu",
+                  resource.RLIMIT_DATA: "--data", resource.RLIMIT_FSIZE: "--fsize",
+                  resource.RLIMIT_NOFILE: "--nofile", resource.RLIMIT_NPROC: "--nproc"}
+
+
+def parse_status(buf: bytes) -> tuple[list[dict], bytes]:
+    """Split bwrap's --json-status-fd stream into complete JSON documents and the unparsed rest
+    (bwrap writes several documents, and one read may end in the middle of one)."""
+    decoder = json.JSONDecoder()
+    text = buf.decode("utf-8", "replace")
+    docs: list[dict] = []
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            return docs, b""
+        try:
+            doc, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return docs, text[pos:].encode()
+        if isinstance(doc, dict):
+            docs.append(doc)
+
+
+class BwrapExecution(MonitoredExecution):
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self._status_buf = b""
+        self.status: dict[str, object] = {}
+
+    def _on_status(self, data: bytes) -> None:
+        docs, self._status_buf = parse_status(self._status_buf + data)
+        for doc in docs:
+            self.status.update(doc)
+            if "child-pid" in doc and self.child_pid is None:
+                self.child_pid = int(doc["child-pid"])
+
+    def _exit_status(self, returncode: int) -> tuple[int | None, str | None]:
+        if "exit-code" in self.status:
+            return int(self.status["exit-code"]), None  # type: ignore[arg-type]
+        messages = [line for line in self._logs.tail().decode("utf-8", "replace").splitlines()
+                    if line.startswith("bwrap: ")]
+        self.outcome.failure_detail = messages[-1] if messages else f"bwrap exited with {returncode}"
+        if self.child_pid is not None and "execvp" in self.outcome.failure_detail:
+            return 127, "exec"
+        return None, "setup"
+
+
+class BwrapBackend:
+    """`get_backend("bwrap", scratch=...)`. Thread-safe: all per-execution state is in the Execution."""
+
+    name = "bwrap"
+
+    def __init__(self, scratch: Path, bwrap: str = "bwrap", max_procs: int = DEFAULT_MAX_PROCS) -> None:
+        self.bwrap = shutil.which(bwrap) or bwrap
+        self.scratch = Scratch(Path(scratch), traversable=os.geteuid() == 0)
+        self.max_procs = max_procs
+        self._probe: ProbeReport | None = None
+        self._probe_lock = threading.Lock()
+        self.scratch.ensure()
+        self.stale_collected = self.scratch.collect_stale()
+
+    def probe(self) -> ProbeReport:
+        with self._probe_lock:
+            if self._probe is None:
+                self._probe = probe_mod.probe_bwrap(self.bwrap)
+            return self._probe
+
+    def require_usable(self) -> ProbeReport:
+        report = self.probe()
+        if not report.usable:
+            raise BackendUnavailable("bwrap cannot run sandboxes here: " + "; ".join(report.reasons))
+        return report
+
+    def run(self, spec: ExecSpec) -> ExecResult:
+        result = self.start(spec).wait()
+        assert result is not None
+        return result
+
+    def start(self, spec: ExecSpec) -> BwrapExecution:
+        """Prepare the host side (raises ExecutionSetupError) and start the sandbox (non-blocking)."""
+        report = self.require_usable()
+        if not spec.execution_id:
+            spec.execution_id = new_execution_id()
+        host_user = sandbox_host_user()
+        identity = sandbox_identity(spec)
+        command = build_command(spec)
+        hostname = spec.execution_id[:63]
+        env = build_env(spec, hostname, identity.home)
+        rootfs = Path(spec.image.rootfs)
+        if host_user is not None:
+            check_reachable_by(rootfs, host_user)
+            check_reachable_by(self.scratch.root, host_user)
+        exec_dir = self.scratch.create(spec.execution_id)
+        owner = (host_user.uid, host_user.gid) if host_user else None
+        fds: list[int] = []
+        logs = results = None
+        try:
+            write_binary_data(exec_dir.path / "binary_data", spec.binary_message, owner)
+            results = ResultsSocket(exec_dir.path / "results.sock", spec.on_result, 0o600, owner)
+            logs = LogSink(spec.log_path or self.scratch.default_log_path(spec.execution_id),
+                           spec.limits.log_bytes)
+            plan = self._plan(spec, report, identity, env, command, hostname, rootfs,
+                              exec_dir.path, host_user, fds)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            for ch in (logs, results):
+                if ch is not None:
+                    ch.close()
+            exec_dir.remove()
+            raise
+        max_procs = spec.limits.pids or self.max_procs
+        ex = BwrapExecution(spec, exec_dir, plan, logs, results, max_procs)
+        ex.start()
+        return ex
+
+    def _plan(self, spec: ExecSpec, report: ProbeReport, identity, env: dict[str, str],
+              command: list[str], hostname: str, rootfs: Path, exec_dir: Path,
+              host_user: HostUser | None, fds: list[int]) -> LaunchPlan:
+        def path_fd(path: Path | str, directory: bool = False) -> str:
+            flags = os.O_PATH | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
+            try:
+                fd = os.open(path, flags)
+            except OSError as exc:
+                raise ExecutionSetupError(f"cannot open {path} to bind it: {exc.strerror}") from exc
+            fds.append(fd)
+            return str(fd)
+
+        args: list[str] = ["--unshare-all", "--unshare-user"]
+        if spec.network == "host":
+            args.append("--share-net")  # must follow --unshare-all
+        args += ["--die-with-parent", "--new-session", "--as-pid-1"]
+        if report.features.get("disable_userns"):
+            args.append("--disable-userns")
+        args += ["--cap-drop", "ALL", "--uid", str(identity.uid), "--gid", str(identity.gid),
+                 "--hostname", hostname]
+        missing = [m for m in _RO_ROOT_NEEDS if not os.path.lexists(rootfs / m)]
+        workdir = spec.image.config.working_dir or "/"
+        extra_dirs = [workdir] + [dest for _, dest, _ in spec.mounts]
+        missing += [d for d in extra_dirs if not os.path.lexists(rootfs / d.lstrip("/"))]
+        tmpfs_root = bool(missing)
+        if not tmpfs_root:
+            # Fast path: the image root itself, read-only, mount points prepared by the store.
+            args += ["--ro-bind-fd", path_fd(rootfs, directory=True), "/"]
+        else:
+            # The image lacks some mount point: build / on a tmpfs from the image's top-level
+            # entries (about 2 ms more, sandbox-notes §5.1), create what is missing, then make / ro.
+            args += ["--tmpfs", "/"]
+            for entry in sorted(os.scandir(rootfs), key=lambda e: e.name):
+                if entry.is_symlink():
+                    args += ["--symlink", os.readlink(entry.path), "/" + entry.name]
+                else:
+                    args += ["--ro-bind-fd", path_fd(entry.path), "/" + entry.name]
+            for d in extra_dirs:
+                if not os.path.lexists(rootfs / d.lstrip("/")):
+                    args += ["--dir", d]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        if spec.limits.tmpfs_bytes:
+            args += ["--size", str(int(spec.limits.tmpfs_bytes))]
+        args += ["--perms", "1777", "--tmpfs", "/tmp"]
+        args += ["--ro-bind-fd", path_fd(exec_dir / "binary_data"), BINARY_DATA]
+        args += ["--ro-bind-fd", path_fd(exec_dir / "results.sock"), RESULTS_SOCK]
+        for host, dest, read_only in spec.mounts:
+            args += ["--ro-bind-fd" if read_only else "--bind-fd", path_fd(host), dest]
+        if tmpfs_root:
+            args += ["--remount-ro", "/"]
+        args.append("--clearenv")
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        block_r, block_w = os.pipe2(os.O_CLOEXEC)
+        fds += [status_w, block_r]
+        args += ["--json-status-fd", str(status_w), "--block-fd", str(block_r),
+                 "--chdir", workdir]
+        memfd = os.memfd_create("bwrap-args", os.MFD_CLOEXEC)
+        fds.append(memfd)
+        os.write(memfd, b"".join(os.fsencode(a) + b"\0" for a in args))
+        os.lseek(memfd, 0, os.SEEK_SET)
+
+        rlimits = _rlimits(spec)
+        # bwrap 0.8 takes only options from --args; the command must stay on the real argv.
+        argv = [self.bwrap, "--args", str(memfd), "--", *command]
+        if host_user is not None:
+            rlimits.append((resource.RLIMIT_NPROC, (ROOT_NPROC_CAP, ROOT_NPROC_CAP)))
+            prlimit = shutil.which("prlimit") or "prlimit"
+            argv = [prlimit] + [f"{_PRLIMIT_FLAGS[r]}={s}:{h}" for r, (s, h) in rlimits] + ["--"] + argv
+            rlimits = []
+        return LaunchPlan(
+            argv=argv, env={"PATH": DEFAULT_PATH}, pass_fds=tuple(fds),
+            close_after_spawn=list(fds), user=host_user.uid if host_user else None,
+            group=host_user.gid if host_user else None, status_fd=status_r, block_fd=block_w,
+            rlimits=rlimits,
+        )

@@ -1,0 +1,385 @@
+"""One running execution, watched by one thread: spawn, deliver, collect, enforce limits, reap.
+
+The monitor thread is also the thread that spawns the sandbox. bwrap's --die-with-parent is a
+PR_SET_PDEATHSIG, which the kernel ties to the *thread* that forked, so the spawning thread must
+outlive the sandbox; the monitor does by construction.
+
+The loop select()s on: the pidfd of the spawned runtime (exit), the log pipe, the results socket,
+the runtime's status pipe (bwrap --json-status-fd) and a wake pipe (kill requests). Its timeout is the
+nearest of the wall-clock deadline, a kill grace deadline and the next watchdog tick, so a short
+execution never waits for a tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal as signal_mod
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import procstats
+from .channels import LogSink, ResultsSocket
+from .scratch import ExecDir
+from .types import ExecResult, ExecSpec
+from .outcome import Outcome, describe
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_INTERVAL_S = 0.05  # how often a running sandbox's process count and memory are checked
+DEFAULT_MAX_PROCS = 512  # process-count watchdog threshold when Limits.pids is not set
+KILL_ESCALATE_S = 2.0  # after SIGKILL of sandbox pid 1, kill the runtime itself if still alive
+LOG_DRAIN_S = 2.0  # how long to keep reading the log pipe after the runtime exited
+
+
+@dataclass
+class LaunchPlan:
+    """How a backend wants its runtime spawned (argv, fds, host user)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    pass_fds: tuple[int, ...] = ()
+    close_after_spawn: list[int] = field(default_factory=list)  # our copies of fds the child keeps
+    user: int | None = None  # host uid/gid to run the runtime as (when lightabaco runs as root)
+    group: int | None = None
+    status_fd: int = -1  # read end of the runtime's status pipe (bwrap --json-status-fd), if any
+    block_fd: int = -1  # write end of bwrap --block-fd: written once rlimits are applied
+    rlimits: list[tuple[int, tuple[int, int]]] = field(default_factory=list)  # prlimit()ed on pid 1
+
+
+class MonitoredExecution:
+    """Base of the backends' Execution objects. Subclasses interpret their runtime's status."""
+
+    def __init__(self, spec: ExecSpec, exec_dir: ExecDir, plan: LaunchPlan, logs: LogSink,
+                 results: ResultsSocket, max_procs: int) -> None:
+        self.id = spec.execution_id
+        self.spec = spec
+        self._exec_dir = exec_dir
+        self._plan = plan
+        self._logs = logs
+        self._results = results
+        self._max_procs = max_procs
+        self._done = threading.Event()
+        self._result: ExecResult | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._lock = threading.Lock()
+        self._kill_requested: float | None = None  # grace seconds of a pending kill() call
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.child_pid: int | None = None  # host pid of the sandbox's pid 1, once known
+        self.outcome = Outcome()
+        self._snapshot: procstats.TreeSnapshot | None = None
+        self._hard_killed_at: float | None = None
+        self._term_deadline: float | None = None
+        self._thread = threading.Thread(target=self._main, name=f"sandbox-{self.id}", daemon=True)
+
+    # -- public API (types.Execution) ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> ExecResult | None:
+        self._done.wait(timeout)
+        return self._result
+
+    def poll(self) -> ExecResult | None:
+        return self._result if self._done.is_set() else None
+
+    def kill(self, grace_s: float = 0.0) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._kill_requested = max(0.0, grace_s)
+        self._wake()
+
+    # -- hooks for subclasses ------------------------------------------------------------------
+
+    # False when the spawned process is only a client of the sandbox (podman: conmon is the
+    # container's parent), so its rusage says nothing about the actor.
+    rusage_is_sandbox = True
+
+    def _extra_cpu_ns(self) -> tuple[int, str] | None:
+        """cpu from another source (a cgroup), with its stats_source name."""
+        return None
+
+    def _on_status(self, data: bytes) -> None:
+        """Runtime status bytes arrived (bwrap JSON). May set self.child_pid."""
+
+    def _kill_sandbox(self) -> None:
+        """SIGKILL the sandbox. Default: its pid 1 when known (the runtime then reaps it and keeps
+        its rusage), else the runtime process itself."""
+        target = self.child_pid or (self.proc.pid if self.proc else None)
+        if target:
+            _signal(target, signal_mod.SIGKILL)
+
+    def _exit_status(self, returncode: int) -> tuple[int | None, str | None]:
+        """(actor exit code, failure kind or None) from what the runtime reported."""
+        return returncode, None
+
+    # -- the monitor thread ----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # already awake
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # never leave a waiter hanging
+            log.exception("execution %s monitor failed", self.id, extra={"action": "monitor"})
+            self.outcome.internal_error = f"{type(exc).__name__}: {exc}"
+            self._kill_quietly()
+            self._finish(None, None, {}, 0.0)
+
+    def _kill_quietly(self) -> None:
+        try:
+            if self.proc and self.proc.returncode is None:
+                self._kill_sandbox()
+                _signal(self.proc.pid, signal_mod.SIGKILL)
+                self._reap()
+        except Exception:
+            log.exception("cleanup after monitor failure", extra={"action": "monitor"})
+
+    def _run(self) -> None:
+        plan = self._plan
+        self._start_wall = time.time()
+        self._start_mono = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(
+                plan.argv, env=plan.env, stdin=subprocess.DEVNULL,
+                stdout=self._logs.write_fd, stderr=self._logs.write_fd,
+                pass_fds=plan.pass_fds, close_fds=True,
+                user=plan.user, group=plan.group,
+                extra_groups=[] if plan.user is not None else None,
+            )
+        except OSError as exc:
+            self.outcome.spawn_error = f"cannot start {plan.argv[0]}: {exc.strerror or exc}"
+            self._close_plan_fds()
+            self._finish(None, None, {}, 0.0)
+            return
+        self._close_plan_fds()
+        self._logs.close_write_end()
+        pidfd = os.pidfd_open(self.proc.pid)
+        try:
+            self._loop(pidfd)
+        finally:
+            os.close(pidfd)
+        rusage, io, wait_status = self._reap()
+        self._drain_after_exit()
+        self._finish(wait_status, rusage, io, time.monotonic() - self._start_mono)
+
+    def _close_plan_fds(self) -> None:
+        for fd in self._plan.close_after_spawn:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._plan.close_after_spawn = []
+
+    def _loop(self, pidfd: int) -> None:
+        limits = self.spec.limits
+        deadline = (self._start_mono + limits.wall_timeout_s) if limits.wall_timeout_s else None
+        next_tick = self._start_mono + WATCHDOG_INTERVAL_S
+        log_open = True
+        while True:
+            fds = [pidfd, self._results.fileno(), self._wake_r]
+            if log_open:
+                fds.append(self._logs.fileno())
+            if self._plan.status_fd >= 0:
+                fds.append(self._plan.status_fd)
+            now = time.monotonic()
+            wakeups = [next_tick]
+            if deadline is not None and not self.outcome.ending:
+                wakeups.append(deadline)
+            if self._term_deadline is not None:
+                wakeups.append(self._term_deadline)
+            if self._hard_killed_at is not None:
+                wakeups.append(self._hard_killed_at + KILL_ESCALATE_S)
+            ready, _, _ = select.select(fds, [], [], max(0.0, min(wakeups) - now))
+            if self._plan.status_fd in ready:
+                self._read_status()
+            if self._results.fileno() in ready:
+                self._results.drain()
+            if log_open and self._logs.fileno() in ready:
+                log_open = self._logs.pump()
+            if self._wake_r in ready:
+                self._handle_wake()
+            if pidfd in ready:
+                return
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and not self.outcome.ending:
+                self.outcome.timed_out = True
+                self._terminate(0.0)
+            if self._term_deadline is not None and now >= self._term_deadline:
+                self._term_deadline = None
+                self._hard_kill()
+            if self._hard_killed_at is not None and now >= self._hard_killed_at + KILL_ESCALATE_S:
+                _signal(self.proc.pid, signal_mod.SIGKILL)  # type: ignore[union-attr]
+            if now >= next_tick:
+                next_tick = now + WATCHDOG_INTERVAL_S
+                if not self.outcome.ending:
+                    self._watchdog()
+
+    def _read_status(self) -> None:
+        try:
+            data = os.read(self._plan.status_fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            os.close(self._plan.status_fd)
+            self._plan.status_fd = -1
+            return
+        had_child = self.child_pid is not None
+        self._on_status(data)
+        if not had_child and self.child_pid is not None:
+            self._release_child()
+
+    def _release_child(self) -> None:
+        """pid 1 is known and blocked before exec: apply rlimits to it, then let it run."""
+        for resource_id, value in self._plan.rlimits:
+            _prlimit(self.child_pid, resource_id, value)  # type: ignore[arg-type]
+        if self._plan.block_fd >= 0:
+            os.write(self._plan.block_fd, b"g")
+            os.close(self._plan.block_fd)
+            self._plan.block_fd = -1
+        if self._kill_requested is not None or self.outcome.ending:
+            self._hard_kill()
+
+    def _handle_wake(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            grace, self._kill_requested = self._kill_requested, None
+        if grace is not None and not self.outcome.ending:
+            self.outcome.killed = True
+            self._terminate(grace)
+
+    def _watchdog(self) -> None:
+        if self.child_pid is None:
+            return
+        limits = self.spec.limits
+        pids = procstats.tree_pids(self.child_pid, limit=self._max_procs)
+        if len(pids) > self._max_procs:
+            self.outcome.proc_limit = self._max_procs
+            self._terminate(0.0)
+            return
+        if limits.memory_bytes:
+            # RLIMIT_DATA stops one process; this catches many processes that together use too much.
+            rss = procstats.rss_of(pids)
+            if rss > limits.memory_bytes:
+                self.outcome.memory_exceeded = rss
+                self._terminate(0.0)
+
+    def _terminate(self, grace: float) -> None:
+        self.outcome.ending = True
+        if grace > 0 and self.child_pid is not None:
+            for pid in procstats.tree_pids(self.child_pid):
+                _signal(pid, signal_mod.SIGTERM)
+            self._term_deadline = time.monotonic() + grace
+            return
+        self._hard_kill()
+
+    def _hard_kill(self) -> None:
+        if self._hard_killed_at is not None:
+            return
+        if self.child_pid is not None:
+            # Keep the cpu of processes the pid-namespace teardown will reap behind our back.
+            self._snapshot = procstats.snapshot(self.child_pid)
+        self._kill_sandbox()
+        self._hard_killed_at = time.monotonic()
+
+    def _reap(self) -> tuple[object, dict[str, int], int]:
+        assert self.proc is not None
+        wait_status, rusage, io = procstats.reap(self.proc.pid)
+        # Tell Popen the child is gone, so its own cleanup never waits on a recycled pid.
+        self.proc.returncode = os.waitstatus_to_exitcode(wait_status)
+        return rusage, io, wait_status
+
+    def _drain_after_exit(self) -> None:
+        end = time.monotonic() + LOG_DRAIN_S
+        while self._logs.read_fd >= 0:
+            ready, _, _ = select.select([self._logs.fileno()], [], [], max(0.0, end - time.monotonic()))
+            if not ready or not self._logs.pump():
+                break
+        self._results.drain()
+        while self._plan.status_fd >= 0:
+            ready, _, _ = select.select([self._plan.status_fd], [], [], 0)
+            if not ready:
+                break
+            self._read_status()
+
+    def _finish(self, wait_status: int | None, rusage: object, io: dict[str, int], wall: float) -> None:
+        end = time.time()
+        cpu_ns = 0
+        max_rss = 0
+        source = "none"
+        if rusage is not None and self.rusage_is_sandbox:
+            cpu_ns = int((rusage.ru_utime + rusage.ru_stime) * 1e9)  # type: ignore[attr-defined]
+            max_rss = int(rusage.ru_maxrss)  # type: ignore[attr-defined]
+            source = "wait4"
+        else:
+            io = {}
+        extra = self._extra_cpu_ns()
+        if extra is not None and extra[0] > cpu_ns:
+            cpu_ns, source = extra
+        io = {k: int(io.get(k, 0)) for k in procstats.IO_KEYS}
+        if self._snapshot is not None:
+            cpu_ns = max(cpu_ns, self._snapshot.cpu_ns)
+            io = {k: max(io[k], self._snapshot.io[k]) for k in procstats.IO_KEYS}
+            source = "snapshot" if source == "none" else source + "+snapshot"
+        exit_code, failure = (None, "setup")
+        if self.proc is not None and self.proc.returncode is not None:
+            exit_code, failure = self._exit_status(self.proc.returncode)
+        result = describe(
+            self.spec, self.outcome, exit_code=exit_code, failure=failure, cpu_ns=cpu_ns,
+            log_tail=self._logs.tail(), runtime=self._plan.argv[0] if self._plan.argv else "",
+        )
+        self._result = ExecResult(
+            execution_id=self.id, exit_code=result.exit_code, signal=result.signal,
+            timed_out=self.outcome.timed_out and not self.outcome.killed, killed=self.outcome.killed,
+            failure=result.failure, reason=result.reason, log_path=self._logs.path,
+            log_truncated=self._logs.truncated, results=list(self._results.results),
+            results_rejected=self._results.rejected, cpu_ns=cpu_ns, io=io, max_rss_kb=max_rss,
+            wall_s=wall, start_time=getattr(self, "_start_wall", end), end_time=end,
+            stats_source=source,
+        )
+        self._cleanup()
+        self._done.set()
+
+    def _cleanup(self) -> None:
+        for closer in (self._logs.close, self._results.close, self._close_plan_fds):
+            try:
+                closer()
+            except OSError:
+                pass
+        for fd in (self._plan.status_fd, self._plan.block_fd, self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._plan.status_fd = self._plan.block_fd = -1
+        try:
+            self._exec_dir.remove()
+        except OSError:
+            log.exception("cannot remove %s", self._exec_dir.path, extra={"action": "cleanup"})
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _prlimit(pid: int, resource_id: int, value: tuple[int, int]) -> None:
+    import resource
+
+    resource.prlimit(pid, resource_id, value)

@@ -1,0 +1,92 @@
+"""Turning what happened to an execution into exit code, signal, failure kind and one sentence."""
+
+from __future__ import annotations
+
+import signal as signal_mod
+from dataclasses import dataclass
+
+from .types import ExecSpec
+
+# What a process prints when an allocation fails under RLIMIT_DATA: Python, glibc/strerror, Go, Java.
+_OOM_HINTS = (b"MemoryError", b"Cannot allocate memory", b"out of memory", b"OutOfMemoryError")
+
+
+@dataclass
+class Outcome:
+    """Facts the monitor collects while the execution runs."""
+
+    ending: bool = False  # a kill is under way; no further limit checks
+    timed_out: bool = False
+    killed: bool = False  # Execution.kill()
+    proc_limit: int | None = None  # watchdog: more processes than this
+    memory_exceeded: int | None = None  # watchdog: tree rss in bytes when it was stopped
+    spawn_error: str | None = None  # the runtime binary itself could not be started
+    internal_error: str | None = None
+    failure_detail: str = ""  # the runtime's own message for a setup/exec failure
+
+
+@dataclass
+class Described:
+    exit_code: int | None
+    signal: int | None
+    failure: str | None
+    reason: str
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB"
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal_mod.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def describe(spec: ExecSpec, o: Outcome, *, exit_code: int | None, failure: str | None,
+             cpu_ns: int, log_tail: bytes, runtime: str) -> Described:
+    limits = spec.limits
+    if o.spawn_error:
+        return Described(None, None, "setup",
+                         f"the sandbox could not be started: {o.spawn_error}; "
+                         "run `lightabaco doctor` to check the backend")
+    if o.internal_error:
+        return Described(exit_code, None, "setup",
+                         f"lightabaco failed while watching the execution ({o.internal_error}); "
+                         "the sandbox was stopped - please report this")
+    detail = o.failure_detail or "no message from the runtime"
+    stopped = o.killed or o.timed_out or o.proc_limit or o.memory_exceeded
+    if failure == "setup" and not stopped:
+        return Described(None, None, "setup",
+                         f"the sandbox could not be set up: {detail}; "
+                         "run `lightabaco doctor` to see what this host supports")
+    if failure == "exec" and not stopped:
+        return Described(127, None, "exec",
+                         f"the command could not be started: {detail}; check the image's "
+                         "Entrypoint/Cmd and that the program exists in the image")
+    if stopped and exit_code is None:
+        exit_code = 128 + signal_mod.SIGKILL
+    sig = exit_code - 128 if exit_code is not None and 128 < exit_code <= 128 + 64 else None
+    failure = None
+    if o.killed:
+        reason = f"force-quit on request (exit status {exit_code})"
+    elif o.timed_out:
+        reason = f"killed after {limits.wall_timeout_s:g} s wall-clock limit"
+    elif o.proc_limit is not None:
+        reason = (f"killed: it ran more than {o.proc_limit} processes at once "
+                  "(process limit; a fork bomb?)")
+    elif o.memory_exceeded is not None:
+        reason = (f"killed: its processes used {_mib(o.memory_exceeded)} of memory, over the "
+                  f"{_mib(limits.memory_bytes or 0)} limit")
+    elif (sig in (signal_mod.SIGKILL, signal_mod.SIGXCPU) and limits.cpu_seconds
+          and cpu_ns >= 0.9 * limits.cpu_seconds * 1e9):
+        reason = f"killed after using its {limits.cpu_seconds} s cpu-time limit"
+    elif sig is not None:
+        reason = f"killed by {_signal_name(sig)} (exit status {exit_code})"
+    elif exit_code and limits.memory_bytes and any(h in log_tail for h in _OOM_HINTS):
+        reason = (f"exited with status {exit_code} after running out of memory "
+                  f"(limit {_mib(limits.memory_bytes)} per process)")
+    else:
+        reason = f"exited with status {exit_code}"
+    return Described(exit_code, sig, failure, reason)

@@ -1,0 +1,157 @@
+"""`lightabaco serve`: one process runs the HTTP API (uvicorn), the worker supervisor and a ticker
+(cron, housekeeping). The same parts can run apart, as the Procfile does:
+
+    python -m lightabaco.server serve   [--host H] [--port P] [--home DIR] [--workers N] ...
+    python -m lightabaco.server api     (HTTP only; another process supervises workers)
+    python -m lightabaco.server workers (supervisor and ticker only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import schedule
+
+from lightabaco.config import Settings
+from lightabaco.core import hooks, housekeeping
+from lightabaco.core.services import Services
+from lightabaco.store import db
+
+log = logging.getLogger("lightabaco.server")
+
+
+def first_run(settings: Settings) -> str:
+    """Create the home, the database and the owner token; returns the token ("" with --auth none).
+    Safe to call again: nothing existing is replaced."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    for sub in (settings.images_dir, settings.exec_dir, settings.run_dir):
+        sub.mkdir(parents=True, exist_ok=True)
+    db.connect(settings, create=True)
+    if settings.auth == "none":
+        return ""
+    from lightabaco.core import auth
+
+    return auth.ensure_owner_token(settings.home, settings.tenant)
+
+
+def build_services(settings: Settings) -> Services:
+    from lightabaco.workers.notify import DoorbellNotifier
+
+    return Services(settings, notifier=DoorbellNotifier(settings.home))
+
+
+class Ticker:
+    """Cron, housekeeping: periodic jobs on a `schedule` scheduler in one daemon thread."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.scheduler = schedule.Scheduler()
+        self._stop = threading.Event()
+        s = services.settings
+        self.scheduler.every(s.cron_tick_s).seconds.do(self._guard, self.cron)
+        self.scheduler.every(s.housekeeping_s).seconds.do(self._guard, self.housekeep)
+        self._thread = threading.Thread(target=self._loop, name="ticker", daemon=True)
+
+    def cron(self) -> None:
+        fired = hooks.cron_tick(self.services, time.time())
+        if fired:
+            log.info("cron: %d execution(s) queued", fired)
+
+    def housekeep(self) -> None:
+        housekeeping.run(self.services)
+
+    @staticmethod
+    def _guard(job: Any) -> None:
+        try:
+            job()
+        except Exception:  # one failing job must not stop the others
+            log.exception("periodic job %s failed", getattr(job, "__name__", job))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.scheduler.run_pending()
+            self._stop.wait(min(max(self.scheduler.idle_seconds or 1.0, 0.1), 1.0))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _uvicorn_server(settings: Settings, services: Services) -> Any:
+    import uvicorn
+
+    from lightabaco.http.app import create_app
+
+    app = create_app(services)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                            access_log=False, lifespan="on", server_header=False,
+                            timeout_keep_alive=30)
+    return uvicorn.Server(config)
+
+
+def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
+    """Run until SIGINT/SIGTERM. With api=False only the supervisor and ticker run (and vice versa)."""
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    first_run(settings)
+    services = build_services(settings)
+    supervisor = ticker = None
+    if workers:
+        from lightabaco.workers.supervisor import Supervisor
+
+        supervisor = Supervisor(services)
+        supervisor.start(recover=True)
+        ticker = Ticker(services)
+        ticker.start()
+    try:
+        if api:
+            server = _uvicorn_server(settings, services)
+            log.info("lightabaco listening on http://%s:%d (home %s)", settings.host, settings.port,
+                     settings.home)
+            server.run()  # uvicorn handles SIGINT/SIGTERM and returns
+        else:
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
+    finally:
+        if ticker is not None:
+            ticker.stop()
+        if supervisor is not None:
+            supervisor.stop()
+        db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightabaco.server")
+    parser.add_argument("mode", nargs="?", default="serve", choices=["serve", "api", "workers"])
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--home")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--backend", choices=["auto", "bwrap", "podman"])
+    parser.add_argument("--auth", choices=["token", "none"])
+    parser.add_argument("--case", choices=["snake", "camel"])
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="any other setting, e.g. --set sync_timeout_s=5")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in
+                                 ("host", "port", "home", "workers", "backend", "auth", "case")}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name.strip()] = value
+    settings = Settings.from_env(**overrides)
+    serve(settings, api=args.mode in ("serve", "api"), workers=args.mode in ("serve", "workers"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Worker processes and their supervisor: claim a message, run it in the sandbox, record, acknowledge."""

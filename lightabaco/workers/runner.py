@@ -1,0 +1,221 @@
+"""One claimed message → one sandbox execution → one recorded execution (spec §4.5).
+
+The claim, the RUNNING mark and the worker's BUSY status are one transaction; the log, the final
+execution record, the acknowledgement and the worker's READY status are another. Between them the
+message stays leased (renewed while the sandbox runs), so a worker that dies mid-run loses its lease
+and the message runs again under the same execution id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from lightabaco.core import hooks
+from lightabaco.core.actors import mem_bytes
+from lightabaco.core.environment import build_env
+from lightabaco.core.messages import BINARY
+from lightabaco.core.serialize import display_time
+from lightabaco.sandbox.types import ExecResult, ExecSpec, Limits, PreparedImage
+from lightabaco.store import mailbox
+from lightabaco.store.db import write_tx
+from lightabaco.store.mailbox import Claimed
+from lightabaco.store.models import Actor, Execution, Log, Message, Result, Worker
+
+log = logging.getLogger(__name__)
+
+TRUNCATION_MARKER = " LOG LIMIT EXCEEDED; this execution log was TRUNCATED!"
+FORCE_QUIT_GRACE_S = 2.0
+
+
+def claim_next(worker_id: str, actor_dbid: str, revision: int, lease_s: float,
+               log_dir: Path) -> tuple[Claimed, Actor] | None:
+    """Lease the actor's next message and mark its execution RUNNING, atomically.
+
+    Returns None when there is nothing to do, or when this worker must not take messages any more
+    (its actor is gone, in another revision, or being deleted); the caller checks `should_stop`.
+    """
+    now = time.time()
+    with write_tx():
+        actor = Actor.get_or_none(Actor.dbid == actor_dbid)
+        if actor is None or actor.revision != revision or actor.status == "SHUTTING_DOWN":
+            return None
+        claimed = mailbox.claim(actor_dbid, worker_id, lease_s, now)
+        if claimed is None:
+            return None
+        log_path = log_dir / f"{claimed.execution_id}.log"
+        Execution.update(status="RUNNING", worker_id=worker_id, start_time=now,
+                         attempts=claimed.attempts, live_log_path=str(log_path)).where(
+            Execution.dbid == f"{actor_dbid}_{claimed.execution_id}").execute()
+        Worker.update(status="BUSY").where(Worker.id == worker_id).execute()
+    return claimed, actor
+
+
+def limits_for(settings: Any, actor: Actor) -> Limits:
+    run_time = actor.max_run_time if actor.max_run_time else settings.default_max_run_time
+    cpus = (actor.max_cpus / 1e9) if actor.max_cpus else (settings.max_cpus or None)
+    return Limits(wall_timeout_s=run_time if run_time and run_time > 0 else None,
+                  memory_bytes=mem_bytes(actor.mem_limit or settings.mem_limit or None),
+                  max_cpus=cpus, log_bytes=settings.max_log_bytes)
+
+
+def read_log(path: Path, cap: int, truncated: bool) -> tuple[str, bool]:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(cap + 1)
+    except OSError:
+        return "", False
+    if len(data) > cap:
+        data, truncated = data[:cap], True
+    text = data.decode("utf-8", "replace")
+    if truncated:
+        text += TRUNCATION_MARKER
+    return text, truncated
+
+
+def final_state(result: ExecResult | None, exit_code: Any, error: str) -> dict[str, Any]:
+    """Docker's State object, as Abaco shows it (spec §14)."""
+    return {"Status": "exited", "Running": False, "Paused": False, "Restarting": False,
+            "OOMKilled": False, "Dead": False, "Pid": 0, "ExitCode": exit_code, "Error": error,
+            "StartedAt": display_time(result.start_time if result else None),
+            "FinishedAt": display_time(result.end_time if result else None)}
+
+
+class Runner:
+    """Runs claimed messages for one worker process."""
+
+    def __init__(self, services: Any, worker_id: str, image: PreparedImage, bell: Any,
+                 log_dir: Path) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.worker_id = worker_id
+        self.image = image
+        self.bell = bell
+        self.log_dir = log_dir
+        self.stop_requested = False  # set when a "stop" ring arrives mid-execution
+
+    # -- one execution -------------------------------------------------------------------------
+
+    def execute(self, claimed: Claimed, actor: Actor) -> None:
+        exec_dbid = f"{actor.dbid}_{claimed.execution_id}"
+        if claimed.attempts > self.settings.max_attempts:
+            self.finish_error(claimed, actor, f"The message was delivered {claimed.attempts - 1} times "
+                              "without its execution finishing (worker crashes?); giving up.")
+            return
+        if claimed.attempts > 1:  # a re-run: results of the interrupted run would be duplicates
+            Result.delete().where(Result.execution_dbid == exec_dbid).execute()
+        env = build_env(self.services, actor, claimed.env, claimed.body, claimed.content_type,
+                        self.worker_id)
+        log_path = self.log_dir / f"{claimed.execution_id}.log"
+        received = [0]
+
+        def on_result(data: bytes) -> None:
+            received[0] += 1
+            Result.insert(execution_dbid=exec_dbid, data=data, created=time.time()).execute()
+            self.services.notifier.execution_event(exec_dbid)
+
+        spec = ExecSpec(image=self.image, execution_id=claimed.execution_id, env=env,
+                        binary_message=claimed.body if claimed.content_type == BINARY else None,
+                        use_image_user=actor.use_container_uid,
+                        network="host" if self.settings.network == "host" else "none",
+                        limits=limits_for(self.settings, actor), on_result=on_result,
+                        log_path=log_path)
+        try:
+            execution = self.services.backend.start(spec)
+        except Exception as exc:  # the platform could not start it: retry later, then give up
+            log.exception("could not start execution %s", claimed.execution_id)
+            self.requeue_or_fail(claimed, actor, f"The sandbox could not be started: {exc}")
+            raise StartFailure(str(exc)) from exc
+        result = self.supervise(execution, claimed, exec_dbid)
+        if result.results and received[0] == 0:  # a backend that did not call on_result
+            for data in result.results:
+                Result.insert(execution_dbid=exec_dbid, data=data, created=time.time()).execute()
+        self.finish(claimed, actor, result, log_path)
+
+    def supervise(self, execution: Any, claimed: Claimed, exec_dbid: str) -> ExecResult:
+        lease_every = max(self.settings.lease_s / 3.0, 0.5)
+        last_renew = last_check = time.monotonic()
+        killed = False
+        while True:
+            result = execution.wait(0.25)
+            if result is not None:
+                return result
+            rings = self.bell.drain()
+            if b"stop" in rings:
+                self.stop_requested = True  # finish this execution first, then exit
+            now = time.monotonic()
+            if not killed and (b"kill" in rings or now - last_check >= 1.0):
+                last_check = now
+                row = Execution.select(Execution.force_quit).where(Execution.dbid == exec_dbid).first()
+                if row is None or row.force_quit:
+                    execution.kill(grace_s=FORCE_QUIT_GRACE_S)
+                    killed = True
+            if now - last_renew >= lease_every:
+                last_renew = now
+                if not mailbox.renew(claimed.id, self.worker_id, self.settings.lease_s):
+                    log.warning("lease on message %s was lost while running", claimed.id)
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def finish(self, claimed: Claimed, actor: Actor, result: ExecResult, log_path: Path) -> None:
+        text, truncated = read_log(result.log_path or log_path, self.settings.max_log_bytes,
+                                   result.log_truncated)
+        now = time.time()
+        log_ex = actor.log_ex if actor.log_ex is not None else self.settings.log_ex
+        expires = now + log_ex if log_ex and log_ex > 0 else None
+        platform_failure = result.failure == "setup"
+        exit_code: Any = result.exit_code
+        if exit_code is None:
+            exit_code = 127 if result.failure == "exec" else "undetermined"
+        error = result.reason if (result.failure or result.timed_out or result.killed) else ""
+        exec_dbid = f"{actor.dbid}_{claimed.execution_id}"
+        with write_tx():
+            Log.replace(execution_dbid=exec_dbid, actor_dbid=actor.dbid, text=text, truncated=truncated,
+                        expires=expires).execute()
+            Execution.update(
+                status="ERROR" if platform_failure else "COMPLETE",
+                status_message=result.reason if platform_failure else "",
+                start_time=result.start_time or now, finish_time=result.end_time or now,
+                runtime=int(max(result.wall_s, 0)), cpu=int(max(result.cpu_ns, 0)),
+                io=int(max(result.io_bytes, 0)), exit_code=exit_code,
+                final_state=final_state(result, exit_code, error), live_log_path=None,
+            ).where(Execution.dbid == exec_dbid).execute()
+            Message.delete().where((Message.id == claimed.id)
+                                   & (Message.lease_owner == self.worker_id)).execute()
+            Worker.update(status="READY", last_execution_time=now).where(
+                Worker.id == self.worker_id).execute()
+        self.services.notifier.execution_event(exec_dbid)
+        try:
+            Path(log_path).unlink(missing_ok=True)
+        except OSError:
+            pass
+        hooks.emit(self.services, actor, "EXECUTION_COMPLETE", execution_id=claimed.execution_id,
+                   status="ERROR" if platform_failure else "COMPLETE", exit_code=exit_code)
+
+    def finish_error(self, claimed: Claimed, actor: Actor, reason: str) -> None:
+        exec_dbid = f"{actor.dbid}_{claimed.execution_id}"
+        now = time.time()
+        with write_tx():
+            Execution.update(status="ERROR", status_message=reason, finish_time=now, live_log_path=None,
+                             final_state=final_state(None, "undetermined", reason),
+                             exit_code="undetermined").where(Execution.dbid == exec_dbid).execute()
+            Message.delete().where(Message.id == claimed.id).execute()
+            Worker.update(status="READY").where(Worker.id == self.worker_id).execute()
+        self.services.notifier.execution_event(exec_dbid)
+
+    def requeue_or_fail(self, claimed: Claimed, actor: Actor, reason: str) -> None:
+        if claimed.attempts >= self.settings.max_attempts:
+            self.finish_error(claimed, actor, reason)
+            return
+        exec_dbid = f"{actor.dbid}_{claimed.execution_id}"
+        with write_tx():
+            Execution.update(status="SUBMITTED", live_log_path=None).where(
+                Execution.dbid == exec_dbid).execute()
+            mailbox.nack(claimed.id, self.worker_id, count_attempt=True)
+            Worker.update(status="READY").where(Worker.id == self.worker_id).execute()
+
+
+class StartFailure(Exception):
+    """The sandbox could not be started for one message (the message was requeued or failed)."""

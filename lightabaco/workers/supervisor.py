@@ -1,0 +1,276 @@
+"""The worker supervisor: turns worker rows into OS processes and keeps them honest.
+
+It runs as a thread of the server (or alone, `python -m lightabaco.server workers`). Each pass:
+reap exited processes (their leases go back to the queue), start REQUESTED workers within the global
+cap (evicting idle workers of quiet actors when the cap is reached), stop workers asked to stop,
+autoscale stateless actors, and return expired leases. Passes run on every doorbell ring and at least
+once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+from lightabaco.core import workers as worker_records
+from lightabaco.core.doorbell import Doorbell
+from lightabaco.store import mailbox
+from lightabaco.store.db import write_tx
+from lightabaco.store.models import Actor, Execution, Message, Worker
+from lightabaco.workers.notify import SUPERVISOR
+from lightabaco.workers.worker import EXIT_BACKEND, EXIT_IMAGE
+
+log = logging.getLogger("lightabaco.supervisor")
+
+STOP_GRACE_S = 30.0  # a worker asked to stop gets this long to finish its execution before SIGTERM
+CRASH_WINDOW_S = 60.0
+CRASH_LIMIT = 5  # worker crashes per actor within the window before the actor goes to ERROR
+LEASE_CHECK_S = 2.0
+
+
+def recover_leases(rows: list[tuple[int, str, str, int]], max_attempts: int, reason: str) -> None:
+    """Executions whose lease was returned: back to SUBMITTED (re-run, same id) or ERROR when the
+    message has been delivered too often."""
+    for _mid, actor_dbid, execution_id, attempts in rows:
+        exec_dbid = f"{actor_dbid}_{execution_id}"
+        if attempts >= max_attempts:
+            with write_tx():
+                Execution.update(status="ERROR", live_log_path=None, finish_time=time.time(),
+                                 status_message=f"{reason}; the message was delivered {attempts} times "
+                                 "and is not retried again.").where(Execution.dbid == exec_dbid).execute()
+                Message.delete().where((Message.actor_dbid == actor_dbid)
+                                       & (Message.execution_id == execution_id)).execute()
+        else:
+            Execution.update(status="SUBMITTED", live_log_path=None).where(
+                (Execution.dbid == exec_dbid) & (Execution.status == "RUNNING")).execute()
+
+
+def recover_on_start(max_attempts: int) -> dict[str, int]:
+    """After a crash or restart no worker is alive: clean their rows, requeue what they held."""
+    gone = Worker.delete().execute()
+    rows = mailbox.release_all_except(set())
+    recover_leases(rows, max_attempts, "The server stopped while this execution was running")
+    # RUNNING executions whose message is no longer in the mailbox cannot be re-run: say so.
+    queued = {(m.actor_dbid, m.execution_id) for m in Message.select(Message.actor_dbid,
+                                                                      Message.execution_id)}
+    orphans = 0
+    for row in Execution.select(Execution.dbid, Execution.actor_dbid, Execution.id).where(
+            Execution.status == "RUNNING"):
+        if (row.actor_dbid, row.id) not in queued:
+            orphans += Execution.update(
+                status="ERROR", live_log_path=None, finish_time=time.time(),
+                status_message="The server stopped while this execution was running and its message "
+                "could not be recovered.").where(Execution.dbid == row.dbid).execute()
+    return {"worker_rows": gone, "requeued": len(rows), "orphans": orphans}
+
+
+class Supervisor:
+    def __init__(self, services: Any) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.stop_asked: dict[str, float] = {}
+        self.crashes: dict[str, deque[float]] = defaultdict(deque)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_lease_check = 0.0
+        self.bell: Doorbell | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, recover: bool = True) -> None:
+        if recover:
+            info = recover_on_start(self.settings.max_attempts)
+            log.info("recovery: %s", info)
+        self.bell = Doorbell(self.settings.home, SUPERVISOR)
+        self.ensure_initial_workers()
+        self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self.bell is not None:
+            self.services.notifier.wake_supervisor()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for wid, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for wid in list(self.procs):
+            self._reaped(wid, 0, restart=False)
+        if self.bell is not None:
+            self.bell.close()
+
+    def _loop(self) -> None:
+        assert self.bell is not None
+        while not self._stop.is_set():
+            try:
+                self.reconcile()
+            except Exception:  # a failed pass must not kill the supervisor
+                log.exception("supervisor pass failed")
+            self.bell.wait(1.0)
+
+    # -- one pass --------------------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        for wid, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is not None:
+                self._reaped(wid, code)
+        now = time.monotonic()
+        if now - self._last_lease_check >= LEASE_CHECK_S:
+            self._last_lease_check = now
+            rows = mailbox.release_expired()
+            if rows:
+                log.warning("returned %d expired lease(s) to the queue", len(rows))
+                recover_leases(rows, self.settings.max_attempts, "Its worker stopped renewing the lease")
+        if self.settings.autoscaling:
+            self.autoscale()
+        self.ensure_workers_for_waiting()
+        rows = list(Worker.select())
+        pending = [r for r in rows if r.status == "REQUESTED" and r.id not in self.procs]
+        for row in rows:
+            if row.id in self.procs:
+                if row.status in worker_records.STOPPING_STATUSES:
+                    self._stop_worker(row)
+            elif row.status in worker_records.STOPPING_STATUSES or row.status != "REQUESTED":
+                # A row without a process: asked to stop before it started, or left by a worker that
+                # is gone. Either way nothing runs it.
+                Worker.delete().where(Worker.dbid == row.dbid).execute()
+        for row in sorted(pending, key=lambda r: r.create_time):
+            if self._running_count() >= self.settings.workers and not self._evict_one(row.actor_dbid):
+                break
+            if self._running_count() < self.settings.workers:
+                self._spawn(row)
+
+    def _running_count(self) -> int:
+        return sum(1 for p in self.procs.values() if p.poll() is None)
+
+    def _spawn(self, row: Worker) -> None:
+        actor = Actor.get_or_none(Actor.dbid == row.actor_dbid)
+        if actor is None or actor.status == "SHUTTING_DOWN":
+            Worker.delete().where(Worker.dbid == row.dbid).execute()
+            return
+        argv = [sys.executable, "-m", "lightabaco.workers.worker", "--home", str(self.settings.home),
+                "--worker-id", row.id, "--actor", row.actor_dbid, "--revision", str(row.revision)]
+        env = dict(os.environ)
+        env.update(self.settings.to_env())
+        n = Worker.update(status="SPAWNER SETUP").where(
+            (Worker.dbid == row.dbid) & (Worker.status == "REQUESTED")).execute()
+        if n == 0:
+            return
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+        self.procs[row.id] = proc
+        Worker.update(pid=proc.pid, cid=str(proc.pid)).where(Worker.dbid == row.dbid).execute()
+        log.info("started worker %s (pid %d) for %s rev %d", row.id, proc.pid, row.actor_dbid,
+                 row.revision)
+
+    def _stop_worker(self, row: Worker) -> None:
+        asked = self.stop_asked.setdefault(row.id, time.monotonic())
+        proc = self.procs[row.id]
+        if time.monotonic() - asked > STOP_GRACE_S and proc.poll() is None:
+            proc.terminate()
+        else:
+            self.services.notifier.wake_worker(row.id, b"stop")
+
+    def _reaped(self, wid: str, code: int, restart: bool = True) -> None:
+        self.procs.pop(wid, None)
+        self.stop_asked.pop(wid, None)
+        row = Worker.get_or_none(Worker.id == wid)
+        leases = mailbox.release_owner(wid)
+        if leases:
+            recover_leases(leases, self.settings.max_attempts, "Its worker process died")
+        if row is not None:
+            Worker.delete().where(Worker.id == wid).execute()
+        if code not in (0, EXIT_IMAGE) and code != -15:
+            log.warning("worker %s exited with status %s", wid, code)
+        if not restart or row is None or code in (0, EXIT_IMAGE, EXIT_BACKEND):
+            return
+        # An unexpected death: restart the actor's worker unless it keeps dying.
+        crashes = self.crashes[row.actor_dbid]
+        now = time.monotonic()
+        crashes.append(now)
+        while crashes and now - crashes[0] > CRASH_WINDOW_S:
+            crashes.popleft()
+        actor = Actor.get_or_none(Actor.dbid == row.actor_dbid)
+        if actor is None:
+            return
+        if len(crashes) >= CRASH_LIMIT:
+            Actor.update(status="ERROR", status_message=(
+                f"Worker processes for this actor died {len(crashes)} times within "
+                f"{CRASH_WINDOW_S:.0f} s (last exit status {code}); see the server log, then PUT the "
+                "actor with force=true.")).where(Actor.dbid == actor.dbid).execute()
+            return
+        worker_records.ensure_one_worker(self.services, actor)
+
+    def _evict_one(self, for_actor: str) -> bool:
+        """Stop the longest-idle READY worker of an actor with an empty mailbox to make room."""
+        waiting = mailbox.count_all()
+        candidates = [w for w in Worker.select().where(Worker.status == "READY")
+                      if w.id in self.procs and w.actor_dbid != for_actor
+                      and not waiting.get(w.actor_dbid) and w.id not in self.stop_asked]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda w: w.last_execution_time or w.create_time)
+        Worker.update(status="SHUTDOWN_REQUESTED").where(Worker.dbid == victim.dbid).execute()
+        self._stop_worker(victim)
+        return False  # room appears when it exits; the next pass spawns
+
+    # -- scaling -----------------------------------------------------------------------------------
+
+    def ensure_initial_workers(self) -> None:
+        """At start-up: one worker per actor, actors with waiting messages first, within the cap."""
+        waiting = mailbox.count_all()
+        actors = list(Actor.select().where(~Actor.status.in_(["ERROR", "SHUTTING_DOWN"])))
+        actors.sort(key=lambda a: -waiting.get(a.dbid, 0))
+        for actor in actors[: self.settings.workers]:
+            worker_records.ensure_one_worker(self.services, actor)
+
+    def ensure_workers_for_waiting(self) -> None:
+        waiting = mailbox.count_all()
+        if not waiting:
+            return
+        live = {w.actor_dbid for w in Worker.select(Worker.actor_dbid).where(
+            Worker.status.in_(worker_records.LIVE_STATUSES))}
+        for dbid in waiting:
+            if dbid not in live:
+                actor = Actor.get_or_none(Actor.dbid == dbid)
+                if actor is not None:
+                    worker_records.ensure_one_worker(self.services, actor)
+
+    def autoscale(self) -> None:
+        waiting = mailbox.count_all()
+        by_actor: dict[str, list[Worker]] = defaultdict(list)
+        for w in Worker.select():
+            by_actor[w.actor_dbid].append(w)
+        now = time.time()
+        for actor in Actor.select().where(Actor.stateless & ~Actor.status.in_(["ERROR",
+                                                                                  "SHUTTING_DOWN"])):
+            ws = [w for w in by_actor.get(actor.dbid, [])
+                  if w.status not in worker_records.STOPPING_STATUSES and w.status != "ERROR"]
+            queued = waiting.get(actor.dbid, 0)
+            cap = min(actor.max_workers or self.settings.max_workers_per_actor, self.settings.workers)
+            starting_or_idle = [w for w in ws if w.status != "BUSY"]
+            if queued > len(starting_or_idle) and len(ws) < cap and \
+                    self._running_count() < self.settings.workers:
+                worker_records.request_worker(self.services, actor)
+            elif queued == 0 and len(ws) > 1:
+                # Keep one warm worker; stop extra idle ones after worker_idle_s.
+                idle = [w for w in ws if w.status == "READY"
+                        and now - (w.last_execution_time or w.create_time) > self.settings.worker_idle_s]
+                for w in idle[: len(ws) - 1]:
+                    Worker.update(status="SHUTDOWN_REQUESTED").where(Worker.dbid == w.dbid).execute()
+                    self.services.notifier.wake_worker(w.id, b"stop")

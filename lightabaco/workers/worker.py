@@ -1,0 +1,192 @@
+"""A worker process: bound to one actor revision, it prepares the image, then claims and runs that
+actor's messages one at a time until it is told to stop (spec §4.5, §5.2).
+
+    python -m lightabaco.workers.worker --home DIR --worker-id W --actor TENANT_ID --revision N
+
+Settings come from the LIGHTABACO_* environment the supervisor passes. The process dies with its
+supervisor (PR_SET_PDEATHSIG), so a killed server never leaves workers behind; its leased message then
+returns to the queue at the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lightabaco.config import Settings
+from lightabaco.core import hooks
+from lightabaco.core.doorbell import Doorbell
+from lightabaco.core.services import Services
+from lightabaco.store import db
+from lightabaco.store.db import write_tx
+from lightabaco.store.models import Actor, Worker
+from lightabaco.workers.notify import DoorbellNotifier, worker_name
+from lightabaco.workers.runner import Runner, StartFailure, claim_next
+
+log = logging.getLogger("lightabaco.worker")
+
+EXIT_OK = 0
+EXIT_IMAGE = 3  # the actor's image could not be prepared: the actor is in ERROR, do not restart
+EXIT_BACKEND = 4  # no usable sandbox backend on this host
+MAX_START_FAILURES = 5  # consecutive sandbox start failures before the actor goes to ERROR
+HEARTBEAT_S = 10.0
+IDLE_WAIT_S = 1.0
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL us when the supervisor dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+class WorkerProcess:
+    def __init__(self, services: Services, worker_id: str, actor_dbid: str, revision: int) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.worker_id = worker_id
+        self.actor_dbid = actor_dbid
+        self.revision = revision
+        self.stopping = False
+        self.log_dir = self.settings.exec_dir / "logs"
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        Worker.update(status=status, **extra).where(Worker.id == self.worker_id).execute()
+
+    def should_stop(self) -> bool:
+        if self.stopping:
+            return True
+        row = Worker.select(Worker.status).where(Worker.id == self.worker_id).first()
+        if row is None or row.status in ("SHUTDOWN_REQUESTED", "SHUTTING_DOWN"):
+            return True
+        actor = Actor.select(Actor.revision, Actor.status).where(Actor.dbid == self.actor_dbid).first()
+        return actor is None or actor.revision != self.revision or actor.status == "SHUTTING_DOWN"
+
+    def prepare(self) -> Any:
+        """Image and backend; on failure the actor goes to ERROR with the reason (spec §5.10)."""
+        actor = Actor.get_or_none(Actor.dbid == self.actor_dbid)
+        if actor is None:
+            return None
+        self.set_status("PULLING IMAGE", pid=os.getpid(), cid=str(os.getpid()),
+                        location=f"local://{self.settings.backend}", last_health_check_time=time.time())
+        try:
+            image = self.services.images.ensure(actor.image)
+        except Exception as exc:
+            self.actor_error(actor, f"Error pulling image {actor.image} - exception: {exc}. Import it "
+                             "with `lightabaco images import` or fix the name, then PUT the actor with "
+                             "force=true.")
+            raise SystemExit(EXIT_IMAGE)
+        self.set_status("CREATING CONTAINER")
+        try:
+            backend = self.services.backend
+            probe = getattr(backend, "require_usable", None)
+            if probe is not None:
+                probe()
+        except Exception as exc:
+            log.error("no usable sandbox backend: %s", exc)
+            self.set_status("ERROR", status_message=str(exc))
+            raise SystemExit(EXIT_BACKEND)
+        return image
+
+    def actor_error(self, actor: Actor, message: str) -> None:
+        log.error("actor %s: %s", actor.dbid, message)
+        with write_tx():
+            Actor.update(status="ERROR", status_message=message).where(
+                (Actor.dbid == actor.dbid) & (Actor.revision == self.revision)).execute()
+            Worker.delete().where(Worker.id == self.worker_id).execute()
+        actor.status_message = message
+        hooks.emit(self.services, actor, "ACTOR_ERROR", status_message=message)
+
+    def become_ready(self) -> None:
+        now = time.time()
+        with write_tx():
+            self.set_status("READY", last_health_check_time=now)
+            became = Actor.update(status="READY", status_message=" ").where(
+                (Actor.dbid == self.actor_dbid) & (Actor.revision == self.revision)
+                & (Actor.status != "READY") & (Actor.status != "SHUTTING_DOWN")).execute()
+        if became:
+            actor = Actor.get_or_none(Actor.dbid == self.actor_dbid)
+            if actor is not None:
+                hooks.emit(self.services, actor, "ACTOR_READY", status_message=" ")
+
+    def run(self) -> int:
+        bell = Doorbell(self.settings.home, worker_name(self.worker_id))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            image = self.prepare()
+            if image is None:
+                return EXIT_OK
+            self.become_ready()
+            runner = Runner(self.services, self.worker_id, image, bell, self.log_dir)
+            failures = 0
+            last_beat = time.monotonic()
+            while not self.stopping:
+                rings = bell.drain()
+                if b"stop" in rings or runner.stop_requested or self.should_stop():
+                    break
+                got = claim_next(self.worker_id, self.actor_dbid, self.revision, self.settings.lease_s,
+                                 self.log_dir)
+                if got is not None:
+                    try:
+                        runner.execute(*got)
+                        failures = 0
+                    except StartFailure as exc:
+                        failures += 1
+                        if failures > MAX_START_FAILURES:
+                            self.actor_error(got[1], f"The sandbox failed to start {failures} times in a "
+                                             f"row; last error: {exc}. Check `lightabaco doctor`, then "
+                                             "PUT the actor with force=true.")
+                            return EXIT_OK
+                        time.sleep(min(0.2 * failures, 2.0))
+                    continue
+                if time.monotonic() - last_beat >= HEARTBEAT_S:
+                    last_beat = time.monotonic()
+                    self.set_status("READY", last_health_check_time=time.time())
+                if b"stop" in bell.wait(IDLE_WAIT_S):
+                    break
+            return EXIT_OK
+        finally:
+            Worker.delete().where(Worker.id == self.worker_id).execute()
+            bell.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightabaco.workers.worker")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--actor", required=True, help="actor dbid, {tenant}_{id}")
+    parser.add_argument("--revision", type=int, required=True)
+    args = parser.parse_args(argv)
+    die_with_parent()
+    settings = Settings.from_env(home=Path(args.home))
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format=f"%(asctime)s worker {args.worker_id} %(levelname)s %(message)s")
+    # SIGTERM = stop after the current execution (the supervisor's warm stop).
+    proc: WorkerProcess | None = None
+
+    def on_term(signum: int, frame: Any) -> None:
+        if proc is not None:
+            proc.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    db.connect(settings, create=False)
+    services = Services(settings, notifier=DoorbellNotifier(settings.home))
+    proc = WorkerProcess(services, args.worker_id, args.actor, args.revision)
+    try:
+        return proc.run()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Per-execution scratch dirs: ids, locking, stale collection."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lightabaco.sandbox.errors import ExecutionSetupError
+from lightabaco.sandbox.scratch import Scratch, check_execution_id, new_execution_id
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "logs", ".hidden", "x" * 101, "sp ace"])
+def test_unsafe_ids_are_refused(bad):
+    with pytest.raises(ExecutionSetupError):
+        check_execution_id(bad)
+
+
+def test_generated_ids_are_safe_and_distinct():
+    ids = {new_execution_id() for _ in range(100)}
+    assert len(ids) == 100 and all(check_execution_id(i) for i in ids)
+
+
+def test_duplicate_id_is_refused(tmp_path):
+    s = Scratch(tmp_path)
+    d = s.create("one")
+    with pytest.raises(ExecutionSetupError, match="unique"):
+        s.create("one")
+    d.remove()
+    assert not (tmp_path / "one").exists()
+
+
+def test_stale_dirs_go_live_ones_stay(tmp_path):
+    s = Scratch(tmp_path)
+    live = s.create("live")
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    (crashed / ".lock").touch()
+    (crashed / "sub").mkdir()
+    (crashed / "sub" / "f").write_text("x")
+    os.chmod(crashed / "sub", 0o500)  # read-only leftovers must not stop collection
+    fresh_no_lock = tmp_path / "starting"
+    fresh_no_lock.mkdir()
+    old_no_lock = tmp_path / "ancient"
+    old_no_lock.mkdir()
+    os.utime(old_no_lock, (time.time() - 3600, time.time() - 3600))
+    assert sorted(s.collect_stale()) == ["ancient", "crashed"]
+    assert live.path.exists() and fresh_no_lock.exists() and (tmp_path / "logs").exists()
+    live.remove()
+
+
+def test_lock_held_by_another_process_is_respected(tmp_path):
+    s = Scratch(tmp_path)
+    d = tmp_path / "other"
+    d.mkdir()
+    (d / ".lock").touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(30)", str(d / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert s.collect_stale() == [] and d.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert s.collect_stale() == ["other"]
