@@ -6,6 +6,7 @@ is an alias name (spec §1.6).
 
 from __future__ import annotations
 
+import functools
 import uuid
 
 from hashids import Hashids
@@ -18,6 +19,7 @@ def new_id() -> str:
     return _hashids.encode(uuid.uuid1().int >> 64)
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every request that names an actor
 def is_hashid(identifier: str) -> bool:
     try:
         return bool(_hashids.decode(identifier))

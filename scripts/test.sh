@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs on a fresh Debian/Ubuntu machine, then runs it.
-# Safe to run twice. Extra arguments go to pytest.
+# Safe to run twice. Extra arguments go to pytest (e.g. `scripts/test.sh tests/unit -q`).
+# The first run builds the sample images' Debian base (about 30 s) into $LIGHTABACO_TEST_CACHE
+# (default /var/tmp/lightabaco-test-<uid>); later runs reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup-env.sh

@@ -11,6 +11,7 @@ from lightabaco.core.errors import AbacoError, NotFound, ValidationError
 from lightabaco.core.fields import FieldSpec, parse, present
 from lightabaco.core.identity import Identity
 from lightabaco.core.serialize import display_time
+from lightabaco.store import fast
 from lightabaco.store.db import write_tx
 from lightabaco.store.models import Actor, Counter, Execution, Log, Worker
 
@@ -70,7 +71,7 @@ def mem_bytes(text: str | None) -> int | None:
 def load(services: Any, identity: Identity, identifier: str, level: str = "READ") -> Actor:
     """Resolve an id or alias in the caller's tenant, check the permission level, return the row."""
     actor_id = hooks.resolve_actor_id(services, identity.tenant, identifier)
-    row = Actor.get_or_none(Actor.dbid == ids.dbid(identity.tenant, actor_id))
+    row = fast.get_one(Actor, "dbid", ids.dbid(identity.tenant, actor_id))
     if row is None:
         raise NotFound(f"Actor with identifier '{identifier}' not found")
     hooks.require_actor(services, identity, row, level)

@@ -152,6 +152,7 @@ def reissue_token(services: Any, identity: Identity, username: str, tenant: str 
     require_admin(identity)
     tenant = tenant or identity.tenant
     token = auth.issue_token(Path(services.settings.home), username, tenant)
+    auth.get_authenticator(services).forget(username, tenant)
     return {"username": username, "tenant": tenant, "token": token}
 
 
@@ -160,3 +161,4 @@ def revoke_user(services: Any, identity: Identity, username: str, tenant: str | 
 
     require_admin(identity)
     auth.revoke_user(username, tenant or identity.tenant)
+    auth.get_authenticator(services).forget(username, tenant or identity.tenant)

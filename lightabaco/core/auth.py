@@ -15,6 +15,7 @@ Tokens are never logged and never put in error messages.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import getpass
 import hmac
 import json
@@ -30,7 +31,7 @@ from typing import Any, Mapping
 
 import jwt
 
-from lightabaco.core.errors import AbacoError, AuthenticationError, ValidationError
+from lightabaco.core.errors import AbacoError, AuthenticationError
 from lightabaco.core.identity import ADMIN, LIMITED, PRIVILEGED, ROLES, USER, Identity
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ ALGORITHM = "HS256"
 ISSUER = "lightabaco"
 OWNER_TTL_S = 10 * 365 * 86400
 USER_TTL_S = 365 * 86400
-USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+CACHE_S = 2.0
+CACHE_MAX = 10000
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
 RESERVED_USERNAMES = {"ABACO_WORLD", "cron", "Abaco Event"}
 
 # Abaco v2 (WSO2) and v3 (Tapis SK) role names → lightabaco roles.
@@ -179,12 +182,12 @@ def add_user(home: Path, username: str, role: str = USER, tenant: str = "DEV",
     role = _normalize_role(role)
     if not USERNAME_RE.match(username) or username in RESERVED_USERNAMES:
         raise UserError(f"Invalid user name {username!r}: use 1-64 letters, digits, '_', '.', '@' or '-', "
-                        "starting with a letter or digit (ABACO_WORLD and cron are reserved).")
+                        "not starting with '.', '@' or '-' (ABACO_WORLD and cron are reserved).")
     if username == owner_name(home)[0]:
         raise UserError(f"{username!r} is the owner of this server; its token is in {Path(home) / TOKEN_FILE}.")
     if User.select().where((User.tenant == tenant) & (User.username == username)).exists():
-        raise UserError(f"User {username!r} already exists in tenant {tenant}; use `lightabaco users token "
-                        f"{username}` for a new token or `lightabaco users revoke {username}` first.")
+        raise UserError(f"User {username!r} already exists in tenant {tenant}; `lightabaco users token "
+                        f"{username}` issues them a new token (and re-enables them if revoked).")
     jti = secrets.token_hex(12)
     User.create(tenant=tenant, username=username, roles=role, token_id=jti, create_time=time.time())
     return _encode(home, _claims(username, tenant, "user", ttl_s, jti=jti))
@@ -254,6 +257,10 @@ class Authenticator:
         self._owner = _OwnerCache()
         self._lock = threading.Lock()
         self._key: bytes | None = None
+        # token → (valid until, identity): lets the middleware skip the database (and the threadpool
+        # hop) for a token it checked less than CACHE_S ago. Revocation from another process
+        # (`lightabaco users revoke`) therefore takes up to CACHE_S to bite; from this one, at once.
+        self._verified: dict[str, tuple[float, Identity]] = {}
 
     # the owner token file is re-read when it changes (rotation takes effect without a restart)
     def owner(self) -> _OwnerCache:
@@ -295,13 +302,34 @@ class Authenticator:
             return frozenset({USER})
         return frozenset(r for r in user.roles.split(",") if r)
 
+    def cached(self, token: str, api_server: str = "") -> Identity | None:
+        hit = self._verified.get(token)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return dataclasses.replace(hit[1], api_server=api_server)
+
+    def forget(self, username: str, tenant: str) -> None:
+        """Drop cached verifications of a user (after revoking or re-issuing in this process)."""
+        for token, (_, ident) in list(self._verified.items()):
+            if ident.username == username and ident.tenant == tenant:
+                self._verified.pop(token, None)
+
     def verify_token(self, token: str, api_server: str = "") -> Identity:
         """Identity for a bearer/X-Tapis-Token credential, or AuthenticationError (401)."""
+        identity = self._verify(token, api_server)
+        if token != self.owner().token:  # the owner token has its own, database-free fast path
+            left = float(_unverified_claims(token).get("exp", 0)) - time.time()
+            if len(self._verified) > CACHE_MAX:
+                self._verified.clear()
+            self._verified[token] = (time.monotonic() + min(CACHE_S, left), identity)
+        return identity
+
+    def _verify(self, token: str, api_server: str) -> Identity:
         owner = self.owner()
         if hmac.compare_digest(token.encode(), owner.token.encode()):
             return self.owner_identity("token", api_server)
         try:
-            claims = jwt.decode(token, self.key(), algorithms=[ALGORITHM],
+            claims = jwt.decode(token, self.key(), algorithms=[ALGORITHM], leeway=0,
                                 options={"require": ["exp", "tapis/username", "tapis/tenant_id"]})
         except jwt.ExpiredSignatureError:
             raise AuthenticationError("The token has expired. Ask the server owner for a new one "
@@ -316,7 +344,7 @@ class Authenticator:
             raise AuthenticationError("This owner token was replaced; read the current one with `lightabaco token`.")
         if kind == "actor":
             roles = frozenset(claims.get("lightabaco/roles") or [USER])
-            if not self._user_active(username, tenant, None):
+            if not self.user_active(username, tenant):
                 raise AuthenticationError(f"The user {username!r} of this actor token was revoked.")
             return Identity(username=username, tenant=tenant, roles=roles, via="actor-token",
                             api_server=api_server)
@@ -331,7 +359,8 @@ class Authenticator:
         return Identity(username=username, tenant=tenant, roles=frozenset(r for r in user.roles.split(",") if r),
                         via="token", api_server=api_server)
 
-    def _user_active(self, username: str, tenant: str, jti: str | None) -> bool:
+    def user_active(self, username: str, tenant: str) -> bool:
+        """False only for a registered user who was revoked (the owner is always active)."""
         owner = self.owner()
         if username == owner.username and tenant == owner.tenant:
             return True
@@ -388,7 +417,7 @@ def warn_if_trusting(settings: Any) -> None:
 
 
 __all__ = [
-    "Authenticator", "UserError", "ValidationError", "add_user", "decode_v2_assertion", "ensure_owner_token",
+    "Authenticator", "UserError", "add_user", "decode_v2_assertion", "ensure_owner_token",
     "get_authenticator", "issue_token", "list_users", "mint_actor_token", "owner_name", "revoke_user",
     "rotate_owner_token", "signing_key", "warn_if_trusting",
 ]

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from lightabaco.core import permissions as perms
 from lightabaco.core.aliases import field
-from lightabaco.core.errors import AbacoError, NotFound, PermissionDenied, ValidationError
+from lightabaco.core.errors import AbacoError, NotFound, ValidationError
 from lightabaco.core.identity import Identity
 
 KEY_FILE = "config.key"
@@ -221,4 +221,4 @@ def actor_configs_for(services: Any, tenant: str, actor_id: str) -> dict[str, st
     return out
 
 
-__all__ = ["PermissionDenied", "actor_configs_for", "create_config", "list_configs"]
+__all__ = ["SecretsUnavailable", "actor_configs_for", "create_config", "list_configs"]

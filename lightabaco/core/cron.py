@@ -289,6 +289,7 @@ def tick(services: Any, now: float | dt.datetime) -> int:
 
     current = _utc(now)
     fired = 0
+    _resume_webhooks(services)
     for actor in due_actors(current):
         parsed = parse_next_ex(actor.cron_next_ex)
         if parsed is None:
@@ -314,6 +315,17 @@ def tick(services: Any, now: float | dt.datetime) -> int:
         except Exception:  # one broken actor must not stop the others' schedules
             log.exception("cron execution for actor %s could not be queued", actor.dbid)
     return fired
+
+
+def _resume_webhooks(services: Any) -> None:
+    """The ticker runs in the server process: make sure webhooks left pending (by a restart, or by a
+    worker process that died) have a delivery thread here."""
+    try:
+        from lightabaco.core import events
+
+        events.resume_pending(services)
+    except Exception:  # webhooks must never stop cron
+        log.exception("could not resume pending webhook deliveries")
 
 
 def send_cron_message(services: Any, actor: Any) -> str:

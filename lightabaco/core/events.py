@@ -32,6 +32,7 @@ EVENT_TYPES = (ACTOR_READY, ACTOR_ERROR, EXECUTION_COMPLETE)
 EVENT_USER = "Abaco Event"
 
 MAX_ATTEMPTS = 8
+CLAIM_S = 60.0
 MAX_BACKOFF_S = 300.0
 POST_TIMEOUT_S = 10.0
 
@@ -165,6 +166,7 @@ def _queue_webhook(services: Any, actor: Any, url: str, event: dict[str, Any], n
     payload = dict(event, _abaco_Content_Type="application/json", _abaco_username=EVENT_USER)
     EventDelivery.create(tenant=_attr(actor, "tenant", ""), actor_dbid=perms.actor_dbid(actor), url=url,
                          payload=json.dumps(payload), next_attempt=now, create_time=now)
+    ensure_delivery(services)
     _WAKE.set()
 
 
@@ -200,6 +202,13 @@ def deliver_due(services: Any, now: float | None = None, limit: int = 20,
                 .order_by(EventDelivery.id).limit(limit))
     delivered = 0
     for row in rows:
+        # Claim the row first (several processes may run delivery threads); a claim that is never
+        # settled, because its process died, expires and the row is delivered again (at-least-once).
+        claimed = (EventDelivery.update(next_attempt=stamp + CLAIM_S)
+                   .where((EventDelivery.id == row.id) & (EventDelivery.next_attempt == row.next_attempt)
+                          & (EventDelivery.status == "pending")).execute())
+        if not claimed:
+            continue
         try:
             sender(row.url, row.payload)
         except Exception as exc:  # any failure is retried later with backoff
@@ -241,8 +250,37 @@ class DeliveryThread(threading.Thread):
         self.join(timeout)
 
 
+_thread: DeliveryThread | None = None
+_thread_lock = threading.Lock()
+
+
 def start_delivery(services: Any) -> DeliveryThread:
-    """Start the webhook delivery thread (call once in the server process)."""
-    thread = DeliveryThread(services)
-    thread.start()
-    return thread
+    """Start this process's webhook delivery thread (the server calls it at start to send what a
+    previous run left pending); emit() also starts it on demand in whichever process emits."""
+    global _thread
+    with _thread_lock:
+        if _thread is None or not _thread.is_alive():
+            _thread = DeliveryThread(services)
+            _thread.start()
+        return _thread
+
+
+def resume_pending(services: Any) -> bool:
+    """Start the delivery thread here if deliveries are waiting (called from the server's ticker)."""
+    from lightabaco.store.sharing import EventDelivery
+
+    if not AUTO_START or (_thread is not None and _thread.is_alive()):
+        return False
+    if not EventDelivery.select().where(EventDelivery.status == "pending").exists():
+        return False
+    start_delivery(services)
+    return True
+
+
+# Tests that drive deliver_due() with their own clock turn the on-demand thread off.
+AUTO_START = True
+
+
+def ensure_delivery(services: Any) -> None:
+    if AUTO_START and _thread is None or not _thread.is_alive():
+        start_delivery(services)

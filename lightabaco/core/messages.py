@@ -11,15 +11,16 @@ from lightabaco.core import actors as actors_mod
 from lightabaco.core import workers
 from lightabaco.core.errors import ValidationError
 from lightabaco.core.identity import Identity
-from lightabaco.store import mailbox
-from lightabaco.store.db import write_tx
-from lightabaco.store.models import Execution, Worker
+from lightabaco.store import fast, mailbox
+from lightabaco.store.db import database, write_tx
+from lightabaco.store.models import Execution, Message, Worker
 
 STR = "str"
 JSON = "application/json"
 BINARY = "application/octet-stream"
 # Query parameters that configure the request itself and never reach the actor's environment.
 _NOT_ENV = {"message", "x-nonce"}
+_WORKERS_SQL = 'SELECT "id", "status" FROM "worker" WHERE "actor_dbid" = ?'
 
 
 @dataclass(frozen=True)
@@ -73,18 +74,23 @@ def enqueue_for_actor(services: Any, identity: Identity | None, actor: Any, payl
     body = encode(payload, content_type)
     need_worker = False
     with write_tx():
-        Execution.insert(dbid=execution_dbid, id=execution_id, actor_dbid=actor.dbid,
-                         tenant=actor.tenant, api_server=api_server,
-                         executor=executor or (identity.username if identity else ""),
-                         status="SUBMITTED", message_received_time=now).execute()
-        mailbox.enqueue(actor.dbid, execution_id, body, content_type, env, actor.stateless, now)
-        if actor.status not in ("ERROR", "SHUTTING_DOWN") and workers.live_count(actor.dbid) == 0:
+        fast.insert(Execution, dbid=execution_dbid, id=execution_id, actor_dbid=actor.dbid,
+                    tenant=actor.tenant, api_server=api_server,
+                    executor=executor or (identity.username if identity else ""),
+                    status="SUBMITTED", message_received_time=now)
+        fast.insert(Message, actor_dbid=actor.dbid, execution_id=execution_id, body=body,
+                    content_type=content_type, env=env, stateless=actor.stateless, created=now)
+        statuses = database.execute_sql(_WORKERS_SQL, (actor.dbid,)).fetchall()
+        live = [wid for wid, status in statuses if status in workers.LIVE_STATUSES]
+        if actor.status not in ("ERROR", "SHUTTING_DOWN") and not live:
             workers._new_row(actor, now)
             need_worker = True
     if need_worker:
         workers.wake(services)
-    else:
-        services.notifier.wake_actor(actor.dbid)
+    else:  # ring the idle workers; busy ones look at the mailbox again when they finish
+        for wid, status in statuses:
+            if status == "READY":
+                services.notifier.wake_worker(wid, b"m")
     shown = "binary - omitted" if content_type == BINARY else payload
     result = {"execution_id": execution_id, "msg": shown,
               "_links": links(services, identity, actor, execution_id) if identity else {}}

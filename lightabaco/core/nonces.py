@@ -191,6 +191,9 @@ def redeem(nonce_id: str, *, actor_dbid: str | None, alias: str | None, level: i
         raise NonceError("Nonce does not exist.")
     if perms.LEVELS[row.level] < level:
         raise NonceError("Nonce does not have sufficient permissions level.")
+    if not _owner_active(row.owner, row.tenant):
+        raise NonceError("The user who made this nonce was revoked, so it no longer works; ask the actor's "
+                         "owner for a new nonce.")
     stamp = time.time() if now is None else now
     query = Nonce.update(current_uses=Nonce.current_uses + 1, last_use_time=stamp)
     if row.max_uses == -1:
@@ -204,6 +207,13 @@ def redeem(nonce_id: str, *, actor_dbid: str | None, alias: str | None, level: i
     roles = frozenset(r for r in row.roles.split(",") if r)
     return Identity(username=row.owner, tenant=row.tenant, roles=roles, via="nonce", nonce_id=row.id,
                     api_server=api_server)
+
+
+def _owner_active(username: str, tenant: str) -> bool:
+    from lightabaco.store.sharing import User
+
+    user = User.get_or_none((User.tenant == tenant) & (User.username == username))
+    return user is None or not user.revoked
 
 
 def nonce_tenant(nonce_id: str) -> str:

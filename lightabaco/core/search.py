@@ -15,7 +15,7 @@ import re
 from typing import Any, Callable, Iterable, Mapping
 
 from lightabaco.core import permissions as perms
-from lightabaco.core.errors import AbacoError, ValidationError
+from lightabaco.core.errors import AbacoError
 from lightabaco.core.identity import Identity
 from lightabaco.core.serialize import camel_to_under, display_time, to_case
 
@@ -353,4 +353,4 @@ def search(services: Any, identity: Identity, kind: str, query_params: Mapping[s
     return {"_metadata": metadata, "search": page}
 
 
-__all__ = ["KINDS", "ValidationError", "search"]
+__all__ = ["KINDS", "SearchError", "search"]

@@ -96,7 +96,8 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
     def _owner_fast_path(self, headers: dict[str, str], api_server: str) -> Identity | None:
-        """The owner token needs no database: check it without leaving the event loop."""
+        """The owner token, and tokens verified in the last seconds, need no database: check them
+        without leaving the event loop."""
         token = _token(headers)
         if token is None:
             return None
@@ -104,7 +105,7 @@ class AuthMiddleware:
 
         if hmac.compare_digest(token.encode(), self.authn.owner().token.encode()):
             return self.authn.owner_identity("token", api_server)
-        return None
+        return self.authn.cached(token, api_server)
 
     def authenticate(self, scope: Scope, headers: dict[str, str], api_server: str) -> Identity:
         token = _token(headers)

@@ -161,6 +161,7 @@ class _Builder:
         self.skeleton = skeleton
         self.network, self.progress = network, progress
         self.created_mounts: list[Path] = []
+        self.owners: dict[str, tuple[int, int]] = {}
         self.parent_times: dict[Path, tuple[int, int]] = {}
 
     def resolve(self, path: str, follow_last: bool = True) -> Path:
@@ -227,10 +228,11 @@ class _Builder:
             shutil.copy2(src, target)
             if mode is not None:
                 os.chmod(target, mode)
-        if owner is not None:
-            os.lchown(target, *owner)
-        elif os.getuid() == 0:
-            os.lchown(target, 0, 0)  # COPY without --chown gives root-owned files, as Docker does
+        if os.getuid() == 0:
+            os.lchown(target, *(owner or (0, 0)))  # COPY without --chown gives root-owned files, as Docker does
+        elif owner is not None:
+            # Unprivileged builds cannot chown: the owner is written into the layer's tar headers instead.
+            self.owners[target.relative_to(self.root).as_posix()] = owner
 
     def _extract(self, archive: Path, dest: Path, ins: Instruction) -> None:
         dest.mkdir(parents=True, exist_ok=True)
@@ -260,10 +262,19 @@ class _Builder:
                 self._remember_parent(path)
                 path.mkdir()
                 self.created_mounts.append(path)
-        args = [bwrap, "--unshare-all", "--unshare-user"]
-        if self.network == "host":
-            args.append("--share-net")
-        args += ["--die-with-parent", "--new-session", "--uid", str(uid), "--gid", str(gid),
+        if os.getuid() == 0 and uid == 0:
+            # Real root builds like `docker build`: no user namespace, so root keeps its capabilities
+            # over files owned by other uids (chown, chmod of COPY --chown files, package managers).
+            # (--unshare-all would still try a user namespace, so the namespaces are listed one by one.)
+            args = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
+                    "--cap-add", "ALL"]
+            if self.network != "host":
+                args.append("--unshare-net")
+        else:
+            args = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(uid), "--gid", str(gid)]
+            if self.network == "host":
+                args.append("--share-net")
+        args += ["--die-with-parent", "--new-session",
                  "--bind", str(self.root), "/", "--proc", "/proc", "--dev", "/dev"]
         resolv = self.root / "etc" / "resolv.conf"
         if self.network == "host" and Path("/etc/resolv.conf").exists() and (self.root / "etc").is_dir() \
@@ -276,8 +287,6 @@ class _Builder:
         extra_env = {}
         if self.network == "host":
             args += self._host_trust(extra_env)
-        if os.getuid() == 0 and uid == 0:
-            args += ["--cap-add", "ALL"]  # package managers need chown & co, as in `docker build`
         args += ["--chdir", st.workdir, "--"] + argv
         env = dict(e.split("=", 1) for e in st.env if "=" in e)
         env.setdefault("PATH", bases.DEFAULT_PATH.split("=", 1)[1])
@@ -498,7 +507,7 @@ def build_layout(context: Path, dest: Path, store: Store, cache_dir: Path, *, ta
         for layer in base_layers:
             writer.add_existing(layer)
         if changed or deleted:
-            write_layer(root, changed, deleted, work / "layer.tar")
+            write_layer(root, changed, deleted, work / "layer.tar", owners=builder.owners)
             writer.add_layer_tar(work / "layer.tar")
         config = dict(st.config)
         config["Env"] = st.env
@@ -665,7 +674,9 @@ def _build_podman(context: Path, store: Store, *, cache_dir: Path, tag: str | No
     if not podman:
         raise BuildError("podman is not installed: `sudo apt-get install -y podman runc`, or use --engine bwrap")
     state = _mkdir(cache_dir / "podman")
-    base_argv = [podman, "--root", str(state / "root"), "--runroot", str(state / "run")]
+    # podman refuses a runroot longer than 50 characters: keep it short, derived from the state dir.
+    runroot = Path(tempfile.gettempdir()) / f"lab-pb-{os.getuid()}-{hashlib.sha256(str(state).encode()).hexdigest()[:8]}"
+    base_argv = [podman, "--root", str(state / "root"), "--runroot", str(runroot)]
     if shutil.which("runc"):
         base_argv += ["--runtime", "runc"]  # crun fails on hybrid cgroup hosts (sandbox-notes §2)
     name = tag or "localhost/lightabaco-build:latest"

@@ -1,10 +1,9 @@
 """The bubblewrap backend: one unprivileged bwrap sandbox per execution (sandbox-notes §5, §10.4).
 
-Every host path reaches bwrap as an already-open O_PATH file descriptor (`--ro-bind-fd`), and every
-option (including the actor's environment, with --clearenv/--setenv) through a memfd (`--args`);
-only the image's command stays on the visible argv. So: no host path lookups happen as the sandbox
-user (the store may sit in a 0700 home), the message environment never shows in `ps`, and the message environment never becomes bwrap's own environment (an
-`LD_PRELOAD` in a message would otherwise be loaded into bwrap on the host).
+Every option, including the actor's environment (--clearenv/--setenv), reaches bwrap through a
+memfd (`--args`); only the image's command stays on the visible argv. So the message environment
+never shows in `ps`, and it never becomes bwrap's own environment (an `LD_PRELOAD` in a message
+would otherwise be loaded into bwrap on the host).
 
 rlimits: bwrap starts with --block-fd, reports the host pid of sandbox pid 1 on --json-status-fd,
 and waits; the monitor prlimit()s that pid and releases it. That applies limits before the actor's
@@ -23,6 +22,7 @@ import threading
 from pathlib import Path
 
 from . import probe as probe_mod
+from . import seccomp
 from .channels import LogSink, ResultsSocket, write_binary_data
 from .errors import BackendUnavailable, ExecutionSetupError
 from .execution import DEFAULT_MAX_PROCS, LaunchPlan, MonitoredExecution
@@ -147,8 +147,10 @@ class BwrapBackend:
 
     name = "bwrap"
 
-    def __init__(self, scratch: Path, bwrap: str = "bwrap", max_procs: int = DEFAULT_MAX_PROCS) -> None:
+    def __init__(self, scratch: Path, bwrap: str = "bwrap", max_procs: int = DEFAULT_MAX_PROCS,
+                 seccomp: bool = True) -> None:
         self.bwrap = shutil.which(bwrap) or bwrap
+        self.seccomp = seccomp  # install the deny-list filter (lightabaco/sandbox/seccomp.py)
         self.scratch = Scratch(Path(scratch), traversable=os.geteuid() == 0)
         self.max_procs = max_procs
         self._probe: ProbeReport | None = None
@@ -214,14 +216,12 @@ class BwrapBackend:
     def _plan(self, spec: ExecSpec, report: ProbeReport, identity, env: dict[str, str],
               command: list[str], hostname: str, rootfs: Path, exec_dir: Path,
               host_user: HostUser | None, fds: list[int]) -> LaunchPlan:
-        def path_fd(path: Path | str, directory: bool = False) -> str:
-            flags = os.O_PATH | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
-            try:
-                fd = os.open(path, flags)
-            except OSError as exc:
-                raise ExecutionSetupError(f"cannot open {path} to bind it: {exc.strerror}") from exc
-            fds.append(fd)
-            return str(fd)
+        def source(path: Path | str) -> str:
+            # bwrap 0.8 turns even --ro-bind-fd sources back into paths, so plain paths it is;
+            # checking here gives a clear error instead of bwrap's "Can't find source path".
+            if not os.path.exists(path):
+                raise ExecutionSetupError(f"cannot bind {path} into the sandbox: it does not exist")
+            return os.fspath(path)
 
         args: list[str] = ["--unshare-all", "--unshare-user"]
         if spec.network == "host":
@@ -238,7 +238,7 @@ class BwrapBackend:
         tmpfs_root = bool(missing)
         if not tmpfs_root:
             # Fast path: the image root itself, read-only, mount points prepared by the store.
-            args += ["--ro-bind-fd", path_fd(rootfs, directory=True), "/"]
+            args += ["--ro-bind", source(rootfs), "/"]
         else:
             # The image lacks some mount point: build / on a tmpfs from the image's top-level
             # entries (about 2 ms more, sandbox-notes §5.1), create what is missing, then make / ro.
@@ -247,7 +247,7 @@ class BwrapBackend:
                 if entry.is_symlink():
                     args += ["--symlink", os.readlink(entry.path), "/" + entry.name]
                 else:
-                    args += ["--ro-bind-fd", path_fd(entry.path), "/" + entry.name]
+                    args += ["--ro-bind", source(entry.path), "/" + entry.name]
             for d in extra_dirs:
                 if not os.path.lexists(rootfs / d.lstrip("/")):
                     args += ["--dir", d]
@@ -255,12 +255,16 @@ class BwrapBackend:
         if spec.limits.tmpfs_bytes:
             args += ["--size", str(int(spec.limits.tmpfs_bytes))]
         args += ["--perms", "1777", "--tmpfs", "/tmp"]
-        args += ["--ro-bind-fd", path_fd(exec_dir / "binary_data"), BINARY_DATA]
-        args += ["--ro-bind-fd", path_fd(exec_dir / "results.sock"), RESULTS_SOCK]
+        args += ["--ro-bind", os.fspath(exec_dir / "binary_data"), BINARY_DATA]
+        args += ["--ro-bind", os.fspath(exec_dir / "results.sock"), RESULTS_SOCK]
         for host, dest, read_only in spec.mounts:
-            args += ["--ro-bind-fd" if read_only else "--bind-fd", path_fd(host), dest]
+            args += ["--ro-bind" if read_only else "--bind", source(host), dest]
         if tmpfs_root:
             args += ["--remount-ro", "/"]
+        if self.seccomp and seccomp.supported():
+            filter_fd = seccomp.program_fd()
+            fds.append(filter_fd)
+            args += ["--seccomp", str(filter_fd)]
         args.append("--clearenv")
         for key, value in env.items():
             args += ["--setenv", key, value]

@@ -100,6 +100,8 @@ class MonitoredExecution:
     # False when the spawned process is only a client of the sandbox (podman: conmon is the
     # container's parent), so its rusage says nothing about the actor.
     rusage_is_sandbox = True
+    # After SIGKILL of the sandbox, how long the runtime may take to notice before it is killed too.
+    kill_escalate_s = KILL_ESCALATE_S
 
     def _extra_cpu_ns(self) -> tuple[int, str] | None:
         """cpu from another source (a cgroup), with its stats_source name."""
@@ -199,7 +201,7 @@ class MonitoredExecution:
             if self._term_deadline is not None:
                 wakeups.append(self._term_deadline)
             if self._hard_killed_at is not None:
-                wakeups.append(self._hard_killed_at + KILL_ESCALATE_S)
+                wakeups.append(self._hard_killed_at + self.kill_escalate_s)
             ready, _, _ = select.select(fds, [], [], max(0.0, min(wakeups) - now))
             if self._plan.status_fd in ready:
                 self._read_status()
@@ -218,7 +220,7 @@ class MonitoredExecution:
             if self._term_deadline is not None and now >= self._term_deadline:
                 self._term_deadline = None
                 self._hard_kill()
-            if self._hard_killed_at is not None and now >= self._hard_killed_at + KILL_ESCALATE_S:
+            if self._hard_killed_at is not None and now >= self._hard_killed_at + self.kill_escalate_s:
                 _signal(self.proc.pid, signal_mod.SIGKILL)  # type: ignore[union-attr]
             if now >= next_tick:
                 next_tick = now + WATCHDOG_INTERVAL_S
@@ -241,12 +243,17 @@ class MonitoredExecution:
 
     def _release_child(self) -> None:
         """pid 1 is known and blocked before exec: apply rlimits to it, then let it run."""
-        for resource_id, value in self._plan.rlimits:
-            _prlimit(self.child_pid, resource_id, value)  # type: ignore[arg-type]
-        if self._plan.block_fd >= 0:
-            os.write(self._plan.block_fd, b"g")
-            os.close(self._plan.block_fd)
-            self._plan.block_fd = -1
+        try:
+            for resource_id, value in self._plan.rlimits:
+                _prlimit(self.child_pid, resource_id, value)  # type: ignore[arg-type]
+            if self._plan.block_fd >= 0:
+                os.write(self._plan.block_fd, b"g")
+        except (ProcessLookupError, BrokenPipeError):
+            pass  # bwrap already failed and exited: its exit is reported through the pidfd
+        finally:
+            if self._plan.block_fd >= 0:
+                os.close(self._plan.block_fd)
+                self._plan.block_fd = -1
         if self._kill_requested is not None or self.outcome.ending:
             self._hard_kill()
 
@@ -336,7 +343,10 @@ class MonitoredExecution:
             source = "snapshot" if source == "none" else source + "+snapshot"
         exit_code, failure = (None, "setup")
         if self.proc is not None and self.proc.returncode is not None:
-            exit_code, failure = self._exit_status(self.proc.returncode)
+            if self.proc.returncode < 0:  # the runtime itself was killed (escalation): Docker style
+                exit_code, failure = 128 - self.proc.returncode, None
+            else:
+                exit_code, failure = self._exit_status(self.proc.returncode)
         result = describe(
             self.spec, self.outcome, exit_code=exit_code, failure=failure, cpu_ns=cpu_ns,
             log_tail=self._logs.tail(), runtime=self._plan.argv[0] if self._plan.argv else "",

@@ -71,8 +71,11 @@ def _owner(uid: int) -> int:
     return 0 if os.getuid() != 0 and uid == os.getuid() else uid
 
 
-def write_layer(root: Path, paths: Iterable[str], deleted: Iterable[str], out: Path) -> None:
-    """A layer tar holding `paths` from root (parents first, as given sorted) plus whiteouts."""
+def write_layer(root: Path, paths: Iterable[str], deleted: Iterable[str], out: Path,
+                owners: dict[str, tuple[int, int]] | None = None) -> None:
+    """A layer tar holding `paths` from root (parents first, as given sorted) plus whiteouts.
+    `owners` overrides the uid/gid recorded for some paths (what an unprivileged build could not chown)."""
+    owners = owners or {}
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for rel in deleted:
             parent, _, name = rel.rpartition("/")
@@ -85,7 +88,7 @@ def write_layer(root: Path, paths: Iterable[str], deleted: Iterable[str], out: P
             if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                 continue  # runtime artefacts and device nodes never belong in a layer
             info = tar.gettarinfo(str(full), arcname=rel)
-            info.uid, info.gid = _owner(info.uid), _owner(info.gid)
+            info.uid, info.gid = owners.get(rel) or (_owner(info.uid), _owner(info.gid))
             info.uname = info.gname = ""
             if info.isreg():
                 with open(full, "rb") as handle:

@@ -145,9 +145,12 @@ def probe_bwrap(bwrap: str = "bwrap") -> ProbeReport:
     notes, features = cgroup_notes()
     report.notes.extend(notes)
     report.features.update(features)
-    report.features["seccomp"] = False
-    report.notes.append("no seccomp filter is installed (namespaces, no capabilities and "
-                        "no_new_privs are the isolation)")
+    from . import seccomp
+
+    report.features["seccomp"] = seccomp.supported()
+    if not seccomp.supported():
+        report.notes.append("no seccomp deny-list on this architecture (x86-64 only): namespaces, "
+                            "no capabilities and no_new_privs are the isolation")
     return report
 
 

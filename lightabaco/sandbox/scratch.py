@@ -103,11 +103,15 @@ class Scratch:
 
     def create(self, execution_id: str) -> ExecDir:
         check_execution_id(execution_id)
-        self.ensure()
         path = self.root / execution_id
         try:
-            path.mkdir(mode=0o700)
-            os.chmod(path, self.dir_mode)
+            try:
+                path.mkdir(mode=0o700)
+            except FileNotFoundError:  # the root was removed under us: recreate it once
+                self.ensure()
+                path.mkdir(mode=0o700)
+            if self.dir_mode != 0o700:
+                os.chmod(path, self.dir_mode)
         except FileExistsError:
             raise ExecutionSetupError(
                 f"execution {execution_id} already has a scratch directory {path}: "

@@ -14,6 +14,7 @@ dedicated unprivileged host user instead: $LIGHTABACO_SANDBOX_USER, else a syste
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import pwd
@@ -129,7 +130,9 @@ def sandbox_identity(spec: ExecSpec) -> Identity:
     return Identity(DEFAULT_UID, DEFAULT_GID, _home_for(spec.image.rootfs, DEFAULT_UID))
 
 
+@functools.lru_cache(maxsize=256)
 def _home_for(rootfs: Path, uid: int) -> str:
+    # Cached: a prepared rootfs is immutable (keyed by digest), and this runs on every execution.
     entry = next((e for e in _entries(rootfs, "etc/passwd") if len(e) >= 6 and e[2] == str(uid)), None)
     return entry[5] if entry and entry[5] else "/"
 

@@ -19,8 +19,8 @@ from lightabaco.core.environment import build_env
 from lightabaco.core.messages import BINARY
 from lightabaco.core.serialize import display_time
 from lightabaco.sandbox.types import ExecResult, ExecSpec, Limits, PreparedImage
-from lightabaco.store import mailbox
-from lightabaco.store.db import write_tx
+from lightabaco.store import fast, mailbox
+from lightabaco.store.db import database, write_tx
 from lightabaco.store.mailbox import Claimed
 from lightabaco.store.models import Actor, Execution, Log, Message, Result, Worker
 
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 TRUNCATION_MARKER = " LOG LIMIT EXCEEDED; this execution log was TRUNCATED!"
 FORCE_QUIT_GRACE_S = 2.0
+# Acknowledge: delete the message, but only while this worker still holds its lease.
+_ACK_SQL = 'DELETE FROM "message" WHERE "id" = ? AND "lease_owner" = ?'
 
 
 def claim_next(worker_id: str, actor_dbid: str, revision: int, lease_s: float,
@@ -39,17 +41,17 @@ def claim_next(worker_id: str, actor_dbid: str, revision: int, lease_s: float,
     """
     now = time.time()
     with write_tx():
-        actor = Actor.get_or_none(Actor.dbid == actor_dbid)
+        actor = fast.get_one(Actor, "dbid", actor_dbid)
         if actor is None or actor.revision != revision or actor.status == "SHUTTING_DOWN":
             return None
         claimed = mailbox.claim(actor_dbid, worker_id, lease_s, now)
         if claimed is None:
             return None
         log_path = log_dir / f"{claimed.execution_id}.log"
-        Execution.update(status="RUNNING", worker_id=worker_id, start_time=now,
-                         attempts=claimed.attempts, live_log_path=str(log_path)).where(
-            Execution.dbid == f"{actor_dbid}_{claimed.execution_id}").execute()
-        Worker.update(status="BUSY").where(Worker.id == worker_id).execute()
+        fast.update(Execution, {"dbid": f"{actor_dbid}_{claimed.execution_id}"}, status="RUNNING",
+                    worker_id=worker_id, start_time=now, attempts=claimed.attempts,
+                    live_log_path=str(log_path))
+        fast.update(Worker, {"id": worker_id}, status="BUSY")
     return claimed, actor
 
 
@@ -172,20 +174,20 @@ class Runner:
         error = result.reason if (result.failure or result.timed_out or result.killed) else ""
         exec_dbid = f"{actor.dbid}_{claimed.execution_id}"
         with write_tx():
-            Log.replace(execution_dbid=exec_dbid, actor_dbid=actor.dbid, text=text, truncated=truncated,
-                        expires=expires).execute()
-            Execution.update(
+            if claimed.attempts > 1:  # a re-run replaces the log of the interrupted run
+                Log.delete().where(Log.execution_dbid == exec_dbid).execute()
+            fast.insert(Log, execution_dbid=exec_dbid, actor_dbid=actor.dbid, text=text,
+                        truncated=truncated, expires=expires)
+            fast.update(
+                Execution, {"dbid": exec_dbid},
                 status="ERROR" if platform_failure else "COMPLETE",
                 status_message=result.reason if platform_failure else "",
                 start_time=result.start_time or now, finish_time=result.end_time or now,
                 runtime=int(max(result.wall_s, 0)), cpu=int(max(result.cpu_ns, 0)),
                 io=int(max(result.io_bytes, 0)), exit_code=exit_code,
-                final_state=final_state(result, exit_code, error), live_log_path=None,
-            ).where(Execution.dbid == exec_dbid).execute()
-            Message.delete().where((Message.id == claimed.id)
-                                   & (Message.lease_owner == self.worker_id)).execute()
-            Worker.update(status="READY", last_execution_time=now).where(
-                Worker.id == self.worker_id).execute()
+                final_state=final_state(result, exit_code, error), live_log_path=None)
+            database.execute_sql(_ACK_SQL, (claimed.id, self.worker_id))
+            fast.update(Worker, {"id": self.worker_id}, status="READY", last_execution_time=now)
         self.services.notifier.execution_event(exec_dbid)
         try:
             Path(log_path).unlink(missing_ok=True)

@@ -47,7 +47,7 @@ def test_anonymous_pull_by_tag_and_no_second_download(registry: Registry, tmp_pa
     shutil.rmtree(img.rootfs.parent)
     events.clear()
     again = store.pull(registry.ref("e2e/anon", "1"), progress=lambda *a: events.append(a))
-    assert [e for e in events if e[0] == "pull"] == []
+    assert [e[1] for e in events if e[0] == "pull"] == [0]  # announced, nothing downloaded
     assert (again.rootfs / "etc/marker").read_text() == "anon"
 
 
@@ -137,6 +137,12 @@ def test_interrupted_download_resumes_from_partial(registry: Registry, tmp_path:
     with pytest.raises(ImageError, match="downloaded with digest"):
         store.pull(registry.ref("e2e/resume", "1"))
     assert store.pull(registry.ref("e2e/resume", "1")).config_digest == w.config_digest
+    # a complete partial (the previous run died before the rename) is used as is
+    store.remove(registry.ref("e2e/resume", "1"))
+    (tmp_path / "s/blobs/partial" / layer[7:]).write_bytes(w.blobs[layer])
+    events.clear()
+    assert store.pull(registry.ref("e2e/resume", "1"), progress=lambda *a: events.append(a))
+    assert [e[1] for e in events if e[0] == "pull"] == [0]
 
 
 def test_missing_tag_and_unreachable_registry(registry: Registry, tmp_path: Path) -> None:
@@ -195,3 +201,35 @@ def test_bearer_token_registry(token_registry: Registry, tmp_path: Path, monkeyp
     assert img2.config_digest == w.config_digest
     with pytest.raises(RegistryAuthError, match="refused access"):
         ImageStore(tmp_path / "s3").pull(ref, username=token_registry.username, password="wrong")
+
+
+def _pull_worker(args: tuple[str, str]) -> str:
+    store_dir, ref = args
+    return ImageStore(store_dir).ensure(ref).config_digest
+
+
+def test_concurrent_pulls_share_one_download_and_rootfs(registry: Registry, tmp_path: Path) -> None:
+    import multiprocessing
+
+    w = image("concurrent")
+    registry.push_image(w, "e2e/concurrent", "1")
+    ref = registry.ref("e2e/concurrent", "1")
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        digests = pool.map(_pull_worker, [(str(tmp_path / "s"), ref)] * 3)
+    assert set(digests) == {w.config_digest}
+    assert len(os.listdir(tmp_path / "s/rootfs")) == 1
+    assert os.listdir(tmp_path / "s/blobs/partial") == []
+    assert [e["reference"] for e in ImageStore(tmp_path / "s").list()] == [ref]
+
+
+def test_loopback_registry_with_self_signed_tls(tls_registry: Registry, tmp_path: Path) -> None:
+    from lightabaco.sandbox.images import parse_reference
+    from lightabaco.sandbox.images.registry import RegistryClient
+
+    w = image("tls")
+    tls_registry.push_image(w, "e2e/tls", "1")
+    client = RegistryClient(parse_reference(tls_registry.ref("e2e/tls", "1")))
+    body, _mtype, digest = client.get_manifest("1")
+    assert digest == w.manifest_digest and client.scheme == "https"  # no fallback to plain http
+    img = ImageStore(tmp_path / "s").pull(tls_registry.ref("e2e/tls", "1"))
+    assert (img.rootfs / "etc/marker").read_text() == "tls"

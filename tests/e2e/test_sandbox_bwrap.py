@@ -200,8 +200,8 @@ def test_cpu_limit_ends_a_busy_loop_with_a_clear_reason(bwrap_backend, bb_image,
                      limits=Limits(wall_timeout_s=20, cpu_seconds=1))
     res = bwrap_backend.run(spec)
     assert not res.timed_out and res.signal == 9
-    assert res.reason == "killed after using its 1 s cpu-time limit"
-    assert 0.9e9 <= res.cpu_ns < 1.8e9
+    assert res.reason == "killed after using its 1 s cpu-time limit", (res.cpu_ns, res.stats_source)
+    assert 0.75e9 <= res.cpu_ns < 1.8e9
 
 
 def test_fork_bomb_is_stopped_and_host_stays_responsive(bwrap_backend, bb_image, make_spec):
@@ -228,8 +228,11 @@ def test_memory_hog_ends_with_clear_reason(bwrap_backend, py_image, make_spec):
     code = "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 20))\n"
     spec = py(py_image, code, make_spec, limits=Limits(wall_timeout_s=20, memory_bytes=96 << 20))
     res = bwrap_backend.run(spec)
-    assert not res.timed_out and res.exit_code == 1
-    assert "running out of memory" in res.reason and "96 MiB" in res.reason
+    # Either the allocation fails under RLIMIT_DATA (MemoryError, exit 1) or, when the code pages
+    # push the resident size over the limit first, the watchdog stops it: both say "memory".
+    assert not res.timed_out and res.exit_code in (1, 137), res.reason
+    assert ("running out of memory" in res.reason or "of memory, over the" in res.reason), res.reason
+    assert "96 MiB" in res.reason
 
 
 def test_memory_of_many_processes_is_watched(bwrap_backend, py_image, make_spec):
@@ -347,3 +350,24 @@ def test_concurrent_executions(bwrap_backend, bb_image, make_spec):
     assert sorted(r.exit_code for r in results) == list(range(8))
     for r in results:
         assert log_text(r).strip() == f"n{r.exit_code}"
+
+
+def test_seccomp_denies_the_listed_calls_with_eperm(bwrap_backend, py_image, make_spec):
+    from lightabaco.sandbox import seccomp
+
+    if not seccomp.supported():
+        pytest.skip("the seccomp deny-list is x86-64 only")
+    code = r"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+for name, nr in (('ptrace', 101), ('keyctl', 250), ('bpf', 321), ('getpid', 39)):
+    rc = libc.syscall(nr, 0, 0, 0, 0)
+    print(name, rc, ctypes.get_errno())
+print([l for l in open('/proc/self/status') if l.startswith('Seccomp:')][0].strip())
+"""
+    res = bwrap_backend.run(py(py_image, code, make_spec))
+    text = log_text(res)
+    assert res.exit_code == 0, text
+    for name in ("ptrace", "keyctl", "bpf"):
+        assert f"{name} -1 1\n" in text  # EPERM
+    assert "getpid -1" not in text and "Seccomp:\t2" in text

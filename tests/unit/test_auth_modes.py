@@ -8,7 +8,6 @@ import json
 import warnings
 
 import jwt
-import pytest
 
 from lightabaco import users_cli
 from lightabaco.core import auth

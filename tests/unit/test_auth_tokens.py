@@ -91,11 +91,15 @@ def test_user_management_errors(sharing_env):
         auth.add_user(sharing_env.home, "erin", "superuser")
     with pytest.raises(auth.UserError, match="Invalid user name"):
         auth.add_user(sharing_env.home, "ABACO_WORLD")
+    with pytest.raises(auth.UserError, match="Invalid user name"):
+        auth.add_user(sharing_env.home, "-rf")
+    auth.add_user(sharing_env.home, "_abaco_testuser_admin", ADMIN)  # Abaco's test users start with '_'
     with pytest.raises(auth.UserError, match="No user"):
         auth.revoke_user("nobody")
     # the same name in another tenant is another user
     auth.add_user(sharing_env.home, "dave", tenant="OTHER")
-    assert {(u["username"], u["tenant"]) for u in auth.list_users()} == {("dave", "DEV"), ("dave", "OTHER")}
+    assert {(u["username"], u["tenant"]) for u in auth.list_users()} == {
+        ("dave", "DEV"), ("dave", "OTHER"), ("_abaco_testuser_admin", "DEV")}
 
 
 def test_actor_token_acts_as_owner_with_owner_roles(sharing_env):
@@ -128,3 +132,29 @@ def test_v2_assertion_is_decoded_without_signature():
     plain = _wso2({"http://wso2.org/claims/enduser": "jdoe@carbon.super"})
     assert auth.decode_v2_assertion({"X-Jwt-Assertion-AGAVE-PROD": plain}).roles == frozenset({USER})
     assert auth.decode_v2_assertion({"authorization": "Bearer x"}) is None
+
+
+def test_verification_cache_is_short_and_forgettable(sharing_env, monkeypatch):
+    authn = auth.get_authenticator(sharing_env.services)
+    token = auth.add_user(sharing_env.home, "gina")
+    assert authn.cached(token) is None
+    authn.verify_token(token, "http://a")
+    hit = authn.cached(token, "http://b")
+    assert hit.username == "gina" and hit.api_server == "http://b"
+    # revoked from another process: the cache keeps it at most CACHE_S
+    auth.revoke_user("gina")
+    assert authn.cached(token) is not None
+    real = time.monotonic
+    monkeypatch.setattr(auth.time, "monotonic", lambda: real() + auth.CACHE_S + 0.1)
+    assert authn.cached(token) is None
+    monkeypatch.setattr(auth.time, "monotonic", real)
+    # revoked in this process: forgotten at once
+    fresh = auth.issue_token(sharing_env.home, "gina")
+    authn.verify_token(fresh)
+    authn.forget("gina", "DEV")
+    assert authn.cached(fresh) is None
+    # a token about to expire is not cached past its exp
+    soon = auth.add_user(sharing_env.home, "hank", ttl_s=1)
+    authn.verify_token(soon)
+    monkeypatch.setattr(auth.time, "monotonic", lambda: real() + 1.5)
+    assert authn.cached(soon) is None

@@ -45,7 +45,7 @@ ARG GREETING=hi
 ENV GREETING=$GREETING PATH=/bin
 WORKDIR /app
 COPY --chmod=755 run.sh ./
-COPY data/ /app/data/
+COPY --chown=1000:1001 data/ /app/data/
 LABEL purpose="a test" owner=me
 USER 1000:1000
 ENTRYPOINT ["/app/run.sh"]
@@ -64,6 +64,8 @@ CMD ["x"]
     members = _members(layers[0].blob)
     assert members["app/run.sh"].mode & 0o777 == 0o755
     assert {"app/data/a.txt", "app/data/sub/b.txt"} <= set(members)
+    assert (members["app/data/a.txt"].uid, members["app/data/a.txt"].gid) == (1000, 1001)
+    assert members["app/run.sh"].uid == 0  # COPY without --chown: root-owned, as Docker does
     index = json.loads((out / "index.json").read_text())
     assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "t/scratch:1"
     assert len(steps) == 9

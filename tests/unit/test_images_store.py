@@ -281,3 +281,100 @@ def test_rootfs_owner_when_running_as_root(tmp_path: Path) -> None:
         assert (st.st_uid, st.st_gid) == (65534, 65534), p
     assert store.gc() == 0 and store.remove("localhost/small:1")  # root can still delete it
     assert not img.rootfs.exists()
+
+
+def test_reimport_as_docker_archive_keeps_the_stored_manifest(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "s")
+    w = small_image()
+    store.import_path(w.write_layout(tmp_path / "l"))
+    store.import_path(w.write_docker_archive(tmp_path / "d.tar", ["localhost/small:1"]))
+    (entry,) = store.list()
+    assert entry["manifest"] == w.manifest_digest
+    assert store.gc() == 0  # layers still referenced: the rootfs can be rebuilt
+    import shutil
+    shutil.rmtree(store.get("localhost/small:1").rootfs.parent)
+    assert (store.get("localhost/small:1").rootfs / "etc/marker").read_text() == "v1"
+
+
+def _docker_tar(path: Path, members: dict[str, bytes | str]) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        for name, data in members.items():
+            t = tarfile.TarInfo(name)
+            if isinstance(data, str):  # a symlink
+                t.type, t.linkname = tarfile.SYMTYPE, data
+                tf.addfile(t)
+            else:
+                t.size = len(data)
+                tf.addfile(t, io.BytesIO(data))
+    return path
+
+
+def test_hostile_docker_archive_cannot_read_host_files(tmp_path: Path) -> None:
+    w = small_image()
+    cfg_name = w.config_digest[7:] + ".json"
+    store = ImageStore(tmp_path / "s")
+    # a layer that is an in-archive symlink to a host file
+    evil = _docker_tar(tmp_path / "evil1.tar", {
+        "manifest.json": canonical_json([{"Config": cfg_name, "RepoTags": ["x:1"], "Layers": ["l.tar", "m.tar"]}]),
+        cfg_name: w.config_bytes, "l.tar": "/etc/passwd", "m.tar": "../../../etc/passwd"})
+    with pytest.raises(ImageError, match="missing or not a file"):
+        store.import_path(evil)
+    # names with .. in manifest.json
+    evil2 = _docker_tar(tmp_path / "evil2.tar", {
+        "manifest.json": canonical_json([{"Config": cfg_name, "RepoTags": [], "Layers": ["../x.tar", "y.tar"]}]),
+        cfg_name: w.config_bytes})
+    with pytest.raises(ImageError, match="outside the image"):
+        store.import_path(evil2)
+    # the same as an extracted directory: the config path must stay inside it
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir/manifest.json").write_bytes(canonical_json([{"Config": "../secret.json", "Layers": []}]))
+    (tmp_path / "secret.json").write_text("{}")
+    with pytest.raises(ImageError, match="outside the image"):
+        store.import_path(tmp_path / "dir")
+    assert store.list() == []
+
+
+def test_second_format_of_an_unpacked_image_still_stores_its_layers(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "s")
+    gz, zst = small_image("gzip"), small_image("zstd")
+    store.import_path(gz.write_docker_archive(tmp_path / "d.tar", ["localhost/small:1"]))
+    (img,) = store.import_path(zst.write_layout(tmp_path / "z"))  # same image ID, already unpacked
+    for layer in zst.layers:
+        assert store.has_blob(layer["digest"])
+    store.gc()
+    import shutil
+    shutil.rmtree(img.rootfs.parent)
+    assert (store.get("localhost/small:1").rootfs / "app/run.sh").exists()
+
+
+@pytest.mark.parametrize("part, value", [
+    ("manifest", []), ("manifest", {"config": "x", "layers": "y"}), ("manifest", {"config": {}, "layers": []}),
+    ("manifest", {"config": {"digest": "sha256:zz"}}), ("config", {"rootfs": "x", "config": ["y"]}),
+    ("config", {"rootfs": {"diff_ids": ["nope"]}, "config": {}}), ("index", {"manifests": [1]}),
+    ("index", []),
+])
+def test_malformed_json_shapes_are_image_errors(tmp_path: Path, part: str, value: object) -> None:
+    """Whatever shape the JSON documents take, import fails with ImageError, never a crash."""
+    w = small_image()
+    layout = w.write_layout(tmp_path / "l")
+    data = json.dumps(value).encode()
+    if part == "index":
+        (layout / "index.json").write_bytes(data)
+    else:
+        from tests.fixtures.oci import sha256
+        old = w.manifest_digest if part == "manifest" else w.config_digest
+        new = sha256(data)
+        (layout / "blobs/sha256" / new[7:]).write_bytes(data)
+        if part == "manifest":
+            index = (layout / "index.json").read_text().replace(old, new)
+            (layout / "index.json").write_text(index)
+        else:
+            man = w.manifest_bytes.replace(old.encode(), new.encode())
+            (layout / "blobs/sha256" / sha256(man)[7:]).write_bytes(man)
+            index = (layout / "index.json").read_text().replace(w.manifest_digest, sha256(man))
+            (layout / "index.json").write_text(index)
+    with pytest.raises(ImageError):
+        ImageStore(tmp_path / "s").import_path(layout)

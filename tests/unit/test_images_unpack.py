@@ -295,3 +295,21 @@ def test_prepare_rootfs_keeps_existing_entries(tmp_path: Path) -> None:
     assert (root / "etc/hosts").read_text() == "127.0.0.1 custom\n"
     assert (root / "srv/app").is_dir() and mode(root / "srv") == 0o755
     assert mode(root / "tmp") == 0o1777
+
+
+def test_working_dir_with_dotdot_is_refused(tmp_path: Path, sentinel: Path) -> None:
+    with pytest.raises(ImageError, match="WorkingDir"):
+        import_layers(tmp_path, [[file("f")]], config={"WorkingDir": "/../../sentinel/wd"})
+    assert_untouched(sentinel)
+
+
+def test_truncated_or_trailing_garbage_gzip_is_an_image_error(tmp_path: Path) -> None:
+    import gzip
+
+    raw = tar_bytes([file("f", "x" * 5000)])
+    gz = gzip.compress(raw, mtime=0)
+    for i, blob in enumerate((gz[: len(gz) // 2], gz + b"garbage-after-the-member")):
+        root = tmp_path / f"r{i}"
+        root.mkdir()
+        with pytest.raises(ImageError, match="decompress|broken tar|truncated"):
+            Unpacker(root).apply([_layer(blob, None, None)])

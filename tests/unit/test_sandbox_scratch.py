@@ -35,6 +35,7 @@ def test_duplicate_id_is_refused(tmp_path):
 
 def test_stale_dirs_go_live_ones_stay(tmp_path):
     s = Scratch(tmp_path)
+    s.ensure()
     live = s.create("live")
     crashed = tmp_path / "crashed"
     crashed.mkdir()

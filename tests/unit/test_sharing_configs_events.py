@@ -136,6 +136,12 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.fixture(autouse=True)
+def no_background_delivery(monkeypatch):
+    """deliver_due() is driven by the tests' own clock here; no thread may race it."""
+    monkeypatch.setattr(events, "AUTO_START", False)
+
+
 @pytest.fixture
 def receiver():
     _Receiver.received = []

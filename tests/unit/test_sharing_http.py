@@ -142,3 +142,25 @@ def test_admin_users_api_issues_working_tokens(sharing_client):
     r = c.post("/actors/admin/users/student1", headers=h("owner"))
     fresh = r.json()["result"]["token"]
     assert c.get("/actors", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200
+
+
+def test_camel_case_mode(sharing_client):
+    c, h = sharing_client.client, sharing_client.h
+    aid = sharing_client.create_actor("owner")
+    sharing_client.env.services.settings.case = "camel"
+    try:
+        n = c.post(f"/actors/{aid}/nonces", json={"maxUses": 2, "level": "READ"}, headers=h("owner")).json()["result"]
+        assert (n["maxUses"], n["currentUses"], n["remainingUses"], n["actorId"]) == (2, 0, 2, aid)
+        assert "createTime" in n and "lastUseTime" in n and "max_uses" not in n
+        a = c.post("/actors/aliases", json={"alias": "camel", "actorId": aid}, headers=h("owner")).json()["result"]
+        assert a["actorId"] == aid
+        cfg = c.post("/actors/configs", json={"name": "k", "value": "v", "isSecret": False, "actors": aid},
+                     headers=h("owner")).json()["result"]
+        assert cfg["isSecret"] is False
+        perms = c.post(f"/actors/{aid}/permissions", json={"user": "ABACO_WORLD", "level": "READ"},
+                       headers=h("owner")).json()["result"]
+        assert perms["ABACO_WORLD"] == "READ"  # user names are keys: never converted
+        meta = c.get("/actors/search/actors", headers=h("owner")).json()["result"]["_metadata"]
+        assert meta["totalCount"] == 1
+    finally:
+        sharing_client.env.services.settings.case = "snake"

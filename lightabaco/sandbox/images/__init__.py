@@ -2,8 +2,15 @@
 
     from lightabaco.sandbox.images import ImageStore, parse_reference
     store = ImageStore(home / "images")
-    image = store.ensure("abacosamples/wc")     # local lookup, else pull
+    image = store.ensure("abacosamples/wc")     # local lookup, else pull from the registry
     image.rootfs                                 # flattened tree to bind read-only as /
+    image.config.entrypoint, image.config.cmd    # ImageConfig (lightabaco.sandbox.types)
+
+Long operations take `progress(event, done, total, detail)`; events are "pull" (bytes downloaded),
+"unpack" (compressed bytes read) and "import" (images done); `total` may be None.
+
+Modules: `reference` (Docker reference parsing), `oci` (reading layouts and archives, platforms,
+image configs), `unpack` (the safe unpacker), `registry` (distribution API v2 client), `store`.
 """
 
 from .reference import Reference, normalize, parse_reference

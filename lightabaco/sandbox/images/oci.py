@@ -100,9 +100,26 @@ def check_config_platform(config: dict[str, Any], where: str) -> None:
                          f"use the {arch} variant of the image (or a multi-platform tag)")
 
 
+def as_dict(x: Any) -> dict[str, Any]:
+    """`x` if it is a JSON object, else {} (malformed optional parts are treated as missing)."""
+    return x if isinstance(x, dict) else {}
+
+
+def diff_ids_of(config: dict[str, Any]) -> list[Any]:
+    ids = as_dict(config.get("rootfs")).get("diff_ids") or []
+    return ids if isinstance(ids, list) else []
+
+
+def layers_of(manifest: dict[str, Any], what: str) -> list[dict[str, Any]]:
+    layers = manifest.get("layers") or []
+    if not isinstance(layers, list) or not all(isinstance(d, dict) for d in layers):
+        raise ImageError(f"{what}: malformed layer list in the manifest; the image is malformed")
+    return layers
+
+
 def parse_image_config(config: dict[str, Any]) -> ImageConfig:
     """Entrypoint, Cmd, Env, WorkingDir, User and Labels of an image config (missing -> empty)."""
-    c = config.get("config") or {}
+    c = as_dict(config.get("config"))
 
     def strlist(v: Any) -> list[str]:
         if v is None:
@@ -117,7 +134,7 @@ def parse_image_config(config: dict[str, Any]) -> ImageConfig:
         env=strlist(c.get("Env")),
         working_dir=str(c.get("WorkingDir") or ""),
         user=str(c.get("User") or ""),
-        labels={str(k): str(v) for k, v in (c.get("Labels") or {}).items()},
+        labels={str(k): str(v) for k, v in as_dict(c.get("Labels")).items()},
     )
 
 
@@ -131,11 +148,15 @@ def check_digest(digest: Any, what: str) -> str:
     return digest
 
 
-def load_json(data: bytes, what: str) -> Any:
+def load_json(data: bytes, what: str, kind: type = dict) -> Any:
+    """Parse a manifest/config/index; it must be a JSON object (or `kind`)."""
     try:
-        return json.loads(data)
+        obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise ImageError(f"{what} is not valid JSON ({e}); the image is malformed") from None
+    if not isinstance(obj, kind):
+        raise ImageError(f"{what} is a JSON {type(obj).__name__}, not a {kind.__name__}; the image is malformed")
+    return obj
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,7 +219,11 @@ class _TarContainer(_Container):
 
     def open(self, name: str) -> BinaryIO:
         m = self.members.get(_norm(name))
-        f = self.tf.extractfile(m) if m is not None else None  # follows in-archive links (docker-archive)
+        try:
+            # follows links to other members of the archive (docker-archive), never to host files
+            f = self.tf.extractfile(m) if m is not None else None
+        except (KeyError, tarfile.TarError):
+            f = None
         if f is None:
             raise ImageError(f"{self.path}: {name} is missing or not a file; the archive is incomplete")
         return f  # type: ignore[return-value]
@@ -291,11 +316,11 @@ class ImageSource:
         if not self.c.exists("manifest.json"):
             return {}
         try:
-            entries = load_json(self.c.read("manifest.json"), "manifest.json")
+            entries = load_json(self.c.read("manifest.json"), "manifest.json", list)
             out: dict[str, list[str]] = {}
             for e in entries:
                 hexd = os.path.basename(str(e.get("Config", ""))).split(".")[0]
-                out["sha256:" + hexd] = list(e.get("RepoTags") or [])
+                out["sha256:" + hexd] = [str(t) for t in e.get("RepoTags") or []]
             return out
         except (ImageError, AttributeError, TypeError):
             return {}
@@ -306,7 +331,9 @@ class ImageSource:
         images: list[SourceImage] = []
         skipped: list[str] = []
         for desc in index.get("manifests") or []:
-            ann = desc.get("annotations") or {}
+            if not isinstance(desc, dict):
+                raise ImageError(f"{self.path}: index.json has a malformed entry {desc!r}")
+            ann = as_dict(desc.get("annotations"))
             names = _names_from_annotations(ann)
             desc = self._resolve_descriptor(desc, skipped)
             if desc is None:
@@ -346,17 +373,17 @@ class ImageSource:
         raise ImageError(f"{self.path}: image indexes nested too deeply; the image is malformed")
 
     def _image_from_manifest(self, manifest: dict[str, Any], mbytes: bytes, mdigest: str) -> SourceImage:
-        cdesc = manifest.get("config") or {}
+        cdesc = as_dict(manifest.get("config"))
         cdigest = check_digest(cdesc.get("digest"), f"{self.path}: manifest {mdigest} config")
         cbytes = self.read_blob(cdigest, "config")
         config = load_json(cbytes, f"{self.path}: config {cdigest}")
-        diff_ids = ((config.get("rootfs") or {}).get("diff_ids")) or []
-        layers = manifest.get("layers") or []
+        diff_ids = diff_ids_of(config)
+        layers = layers_of(manifest, f"{self.path}: manifest {mdigest}")
         if len(diff_ids) != len(layers):
             raise ImageError(f"{self.path}: manifest has {len(layers)} layers but the config lists "
                              f"{len(diff_ids)} diff_ids; the image is malformed")
         refs = []
-        for ld, diff_id in zip(layers, diff_ids):
+        for ld, diff_id in zip(layers, diff_ids, strict=True):
             d = check_digest(ld.get("digest"), f"{self.path}: layer")
             refs.append(LayerRef(self.blob_name(d), d, check_digest(diff_id, "diff_id"), ld.get("size"),
                                  ld.get("mediaType") or OCI_LAYER_TAR))
@@ -365,8 +392,8 @@ class ImageSource:
     # -- docker-archive
 
     def _docker_images(self) -> list[SourceImage]:
-        entries = load_json(self.c.read("manifest.json"), f"{self.path}: manifest.json")
-        if not isinstance(entries, list) or not entries:
+        entries = load_json(self.c.read("manifest.json"), f"{self.path}: manifest.json", list)
+        if not entries or not all(isinstance(e, dict) for e in entries):
             raise ImageError(f"{self.path}: manifest.json lists no images")
         images = []
         for e in entries:
@@ -377,13 +404,13 @@ class ImageSource:
             if re.fullmatch(r"[a-f0-9]{64}", hexname) and "sha256:" + hexname != cdigest:
                 raise ImageError(f"{self.path}: config {cname} does not match its name; the archive is corrupt")
             config = load_json(cbytes, f"{self.path}: {cname}")
-            diff_ids = ((config.get("rootfs") or {}).get("diff_ids")) or []
+            diff_ids = diff_ids_of(config)
             lnames = [str(x) for x in e.get("Layers") or []]
             if len(diff_ids) != len(lnames):
                 raise ImageError(f"{self.path}: manifest.json has {len(lnames)} layers but the config lists "
                                  f"{len(diff_ids)} diff_ids; the archive is malformed")
             layers = []
-            for ln, diff_id in zip(lnames, diff_ids):
+            for ln, diff_id in zip(lnames, diff_ids, strict=True):
                 _safe_rel(ln)
                 # docker save stores layers as plain tars named by diff_id; the digest is found on copy
                 layers.append(LayerRef(ln, None, check_digest(diff_id, "diff_id"), self.c.size(ln)))

@@ -35,6 +35,14 @@ CHUNK = 1 << 20
 MAX_MANIFEST = 4 << 20
 
 
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Redirects are followed by hand so the Authorization header never reaches another host (CDNs)."""
 
@@ -110,7 +118,8 @@ class RegistryClient:
                 username, password = found
         self.username, self.password = username, password
         self._auth_header: str | None = None
-        self.opener = _opener()
+        # Like docker's insecure registries: self-signed TLS is accepted too, not just plain http.
+        self.opener = _opener(insecure_tls=self.plain_http_ok)
 
     # -- HTTP
 
@@ -120,13 +129,15 @@ class RegistryClient:
     def _send(self, url: str, headers: dict[str, str], auth: bool) -> http.client.HTTPResponse:
         """One request with manual redirects (Authorization dropped when the host changes)."""
         origin = urllib.parse.urlsplit(url).netloc
+        # The first https try against a registry that may be plain http must not hang for a minute.
+        timeout = self.timeout if self._scheme_settled else min(self.timeout, 5.0)
         for _ in range(10):
             h = dict(headers, **{"User-Agent": USER_AGENT})
             if auth and self._auth_header and urllib.parse.urlsplit(url).netloc == origin:
                 h["Authorization"] = self._auth_header
             req = urllib.request.Request(url, headers=h)
             try:
-                resp = self.opener.open(req, timeout=self.timeout)
+                resp = self.opener.open(req, timeout=timeout)
             except urllib.error.HTTPError as e:
                 if e.code in (301, 302, 303, 307, 308) and e.headers.get("Location"):
                     url = urllib.parse.urljoin(url, e.headers["Location"])
@@ -145,7 +156,7 @@ class RegistryClient:
             resp.read()
             resp.close()
             self._authenticate(challenge)
-            resp = self._send(self._url(path), headers, auth=True)
+            resp = self._open_settling_scheme(path, headers)
             if resp.status == 401:
                 resp.close()
                 raise RegistryAuthError(
@@ -267,8 +278,11 @@ class RegistryClient:
         have = partial.stat().st_size if partial.exists() else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
         resp = self._request(f"/v2/{self.repo}/blobs/{digest}", headers)
-        if resp.status == 416:  # partial already complete (or bigger than the blob): start again
+        if resp.status == 416:  # nothing after `have`: the partial is complete, or longer than the blob
             resp.close()
+            if _file_digest(partial) == digest:
+                os.replace(partial, final)
+                return
             partial.unlink(missing_ok=True)
             have, resp = 0, self._request(f"/v2/{self.repo}/blobs/{digest}")
         if resp.status == 200:
@@ -278,7 +292,7 @@ class RegistryClient:
         else:
             raise self._fail(resp, f"blob {digest} of {self.ref.name}")
         h = hashlib.sha256()
-        if have:
+        if have:  # the resumed download's digest covers the bytes we already hold
             with open(partial, "rb") as f:
                 while chunk := f.read(CHUNK):
                     h.update(chunk)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import stat
@@ -264,11 +265,12 @@ class ImageStore:
         manifest = oci.load_json(self._blob_path(mdigest).read_bytes(), f"stored manifest {mdigest}")
         cbytes = self._read_blob(res.config_digest)
         config = oci.load_json(cbytes, "stored config")
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-        if len(diff_ids) != len(manifest.get("layers") or []):
+        diff_ids = oci.diff_ids_of(config)
+        lds = oci.layers_of(manifest, f"stored manifest {mdigest}")
+        if len(diff_ids) != len(lds):
             raise ImageError(f"stored manifest {mdigest} does not match its config; pull or import it again")
         layers = []
-        for ld, diff_id in zip(manifest.get("layers") or [], diff_ids, strict=True):
+        for ld, diff_id in zip(lds, diff_ids, strict=True):
             p = self._blob_path(ld["digest"])
             if not p.exists():
                 raise ImageNotFound(f"image {res.reference}: layer {ld['digest']} is not stored; pull or import "
@@ -328,7 +330,7 @@ class ImageStore:
                     prepare_rootfs(root, cfg.working_dir)
                     if self.rootfs_owner:
                         chown_tree(root, *self.rootfs_owner)
-                    size, entries = tree_size(root)
+                    size, entries = stats.bytes, stats.entries  # no second walk over a big tree
                 except OSError as e:
                     raise ImageError(f"unpacking image {config_digest[:19]} failed: {e}; check free space and "
                                      f"permissions under {self.root}") from e
@@ -336,7 +338,7 @@ class ImageStore:
                     on_unpacked(stage, unpacker)
                 (stage / "config.json").write_bytes(config_bytes)
                 meta = {"unpacker": UNPACKER_VERSION, "config": config_digest,
-                        "diff_ids": (config.get("rootfs") or {}).get("diff_ids") or [],
+                        "diff_ids": oci.diff_ids_of(config),
                         "layers": unpacker.layer_digests, "bytes": size, "entries": entries,
                         "stats": stats.as_dict(), "unpacked": time.time()}
                 (stage / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks complete
@@ -374,6 +376,10 @@ class ImageStore:
                 mdigest = self._import_one(src, img, progress)
                 now = time.time()
                 with self._edit_refs() as refs:
+                    if mdigest is None:
+                        # docker-archive of an image unpacked before: keep the manifest we already hold
+                        mdigest = next((e["manifest"] for e in refs.values()
+                                        if e["config"] == img.config_digest and e.get("manifest")), None)
                     for name in names:
                         refs[name] = {"config": img.config_digest, "manifest": mdigest,
                                       "digests": [mdigest] if mdigest else [], "source": "import:" + str(path),
@@ -407,14 +413,34 @@ class ImageStore:
                 if copy.exists() and not self._blob_path(digest).exists():
                     os.replace(copy, self._blob_path(digest))
             if manifest_digest is None:  # docker-archive: describe the layers we now hold
-                mbytes = oci.synthesize_manifest(
-                    img.config_digest, len(img.config_bytes),
-                    [(d, n, oci.OCI_LAYER_TAR) for d, n in zip(unpacker.layer_digests, unpacker.layer_sizes)])
+                held = zip(unpacker.layer_digests, unpacker.layer_sizes, strict=True)
+                mbytes = oci.synthesize_manifest(img.config_digest, len(img.config_bytes),
+                                                 [(d, n, oci.OCI_LAYER_TAR) for d, n in held])
                 manifest_digest = oci.sha256_digest(mbytes)
                 self._write_blob(manifest_digest, mbytes)
 
-        self._materialize(img.config_digest, img.config_bytes, img.config, layers, progress, commit)
+        unpacked = self._materialize(img.config_digest, img.config_bytes, img.config, layers, progress, commit)
+        if not unpacked and manifest_digest is not None:
+            # The tree was already there (another format of this image): still keep this manifest's layers,
+            # so the ref can be unpacked again later and gc keeps what it needs.
+            for lr in img.layers:
+                if lr.digest and not self.has_blob(lr.digest):
+                    self._copy_blob(src.open_layer(lr), lr.digest)
         return manifest_digest
+
+    def _copy_blob(self, stream: BinaryIO, digest: str) -> None:
+        tmp = self.root / "tmp" / f"blob-{uuid.uuid4().hex}"
+        h = hashlib.sha256()
+        try:
+            with stream, open(tmp, "wb") as out:
+                while chunk := stream.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+            if "sha256:" + h.hexdigest() != digest:
+                raise ImageError(f"layer blob {digest} does not match its digest; the image is corrupt")
+            os.replace(tmp, self._blob_path(digest))
+        finally:
+            tmp.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------------------------------------
     # Pull
@@ -445,7 +471,7 @@ class ImageStore:
                 raise ImageError(f"{r} uses a Docker schema 1 manifest, which is not supported; push it again "
                                  "with a current docker/podman/skopeo")
             mdigest = digests[-1]
-            cdigest = oci.check_digest((manifest.get("config") or {}).get("digest"), f"{r} config")
+            cdigest = oci.check_digest(oci.as_dict(manifest.get("config")).get("digest"), f"{r} config")
             if self.has_blob(cdigest):
                 cbytes = self._read_blob(cdigest)
             else:
@@ -453,16 +479,18 @@ class ImageStore:
                 self._write_blob(cdigest, cbytes)
             config = oci.load_json(cbytes, f"config of {r}")
             oci.check_config_platform(config, str(r))
-            diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-            lds = manifest.get("layers") or []
+            diff_ids = oci.diff_ids_of(config)
+            lds = oci.layers_of(manifest, f"manifest of {r}")
             if len(diff_ids) != len(lds):
                 raise ImageError(f"{r}: manifest has {len(lds)} layers but its config lists {len(diff_ids)} "
                                  "diff_ids; the image is malformed")
             if not (self._rootfs_dir(cdigest) / "meta.json").exists():
                 total = sum(int(ld.get("size") or 0) for ld in lds) or None
                 done = 0
+                if progress:
+                    progress("pull", 0, total, f"{r}: {len(lds)} layers")
                 layers = []
-                for i, (ld, diff_id) in enumerate(zip(lds, diff_ids)):
+                for i, (ld, diff_id) in enumerate(zip(lds, diff_ids, strict=True)):
                     d = oci.check_digest(ld.get("digest"), f"{r} layer")
                     if not self.has_blob(d):
                         with self._lock("blob-" + d[7:]):
@@ -564,7 +592,7 @@ class ImageStore:
                     continue
                 live_blobs.add(d)
                 p = self._blob_path(d)
-                with contextlib.suppress(FileNotFoundError, ImageError, ValueError):
+                with contextlib.suppress(FileNotFoundError, ImageError, ValueError, AttributeError, TypeError):
                     m = json.loads(p.read_bytes())
                     for ld in m.get("layers") or []:
                         live_blobs.add(ld.get("digest"))
@@ -591,7 +619,25 @@ class ImageStore:
             with contextlib.suppress(FileNotFoundError):
                 freed += p.stat().st_size
                 p.unlink()
+        self._drop_idle_locks()
         return freed
+
+    def _drop_idle_locks(self) -> None:
+        # Per-image and per-blob lock files pile up otherwise. Safe only under the exclusive store lock:
+        # everything that takes these locks holds the store lock shared, so nobody is between open and flock.
+        for name in os.listdir(self.root / "locks"):
+            if not name.startswith(("unpack-", "blob-")):
+                continue
+            path = self.root / "locks" / name
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    path.unlink()
+                except BlockingIOError:
+                    pass
+                finally:
+                    os.close(fd)
 
     def disk_usage(self) -> int:
         """Bytes used by the whole store."""

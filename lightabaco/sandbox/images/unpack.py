@@ -296,9 +296,13 @@ class Unpacker:
 
                     outer.on_read = tick
                 self._apply_tar(inner, detail)
-                inner.drain()  # the tar end marker may come before the end of the stream
-                if inner is not outer:
-                    outer.drain()
+                try:
+                    inner.drain()  # the tar end marker may come before the end of the stream
+                    if inner is not outer:
+                        outer.drain()
+                except _DECOMPRESS_ERRORS as e:
+                    raise ImageError(f"{detail}: cannot decompress the end of the layer ({e}); the blob is "
+                                     "corrupt, pull or import it again") from None
             done += outer.count
             self.layer_digests.append(outer.digest)
             self.layer_sizes.append(outer.count)
@@ -333,6 +337,8 @@ class Unpacker:
             tf = tarfile.open(fileobj=stream, mode="r|")  # type: ignore[call-overload]
         except tarfile.TarError as e:
             raise ImageError(f"{detail} is not a tar archive ({e}); the image is malformed") from None
+        except _DECOMPRESS_ERRORS as e:
+            raise ImageError(f"{detail}: cannot decompress ({e}); the blob is corrupt, import it again") from None
         try:
             for member in tf:
                 self.stats.entries += 1
@@ -521,7 +527,10 @@ def prepare_rootfs(root: Path, working_dir: str = "") -> None:
     builders often leave it out of every layer.
     """
     modes: dict[str, int] = {}
-    wd = split_name(working_dir) if working_dir else []
+    try:
+        wd = split_name(working_dir) if working_dir else []
+    except ImageError:
+        raise ImageError(f"the image's WorkingDir {working_dir!r} contains '..'; refusing this image") from None
     for rel in (*([p] for p in PREPARE_DIRS), wd):
         if not rel:
             continue

@@ -1,0 +1,355 @@
+"""Benchmark: the real server against the raw sandbox path, in one run, side by side.
+
+    python -m lightabaco.bench [--messages 1000] [--samples 100] [--json]
+
+It builds a trivial busybox actor (`echo ok`), measures the sandbox library on its own (latency of one
+execution, executions per second with 2 threads), then starts `python -m lightabaco.server serve
+--workers 2` on a free loopback port with a fresh home and measures, over HTTP:
+- async message → COMPLETE latency (POST, then poll the execution every 2 ms),
+- synchronous round trip (`?_abaco_synchronous=true`),
+- enqueue rate (messages accepted per second, 4 keep-alive client threads): once for the API alone (an
+  actor without workers) and once while the 2 workers execute the burst on the same 2 cores,
+- sustained executions per second with 2 workers (while the mailbox is non-empty),
+- RSS of the server and of its 2 idle workers.
+Targets (2 cores, trivial actor): sync median <= 25 ms, throughput >= 70% of the sandbox rate,
+enqueue >= 1000/s, RSS with 2 idle workers <= 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+TRIVIAL_TAG = "bench/trivial"
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, int(round(p / 100.0 * (len(ordered) - 1)))))
+    return ordered[k]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_trivial_image(home: Path) -> None:
+    """busybox with Cmd ["/bin/echo", "ok"], imported into the home's image store."""
+    from lightabaco.sandbox import bases
+    from lightabaco.sandbox.images import ImageStore
+    from lightabaco.sandbox.oci_write import LayoutWriter, read_layout
+
+    base = bases.busybox_layout(home / "cache")
+    _config, layers, _ = read_layout(base)
+    dest = home / "cache" / "trivial"
+    writer = LayoutWriter(dest)
+    for layer in layers:
+        writer.add_existing(layer)
+    writer.finish({"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "Cmd": ["/bin/echo", "ok"]},
+                  ref="latest")
+    ImageStore(home / "images").import_path(dest, tag=TRIVIAL_TAG)
+
+
+class Client:
+    """A keep-alive HTTP/1.1 client (http.client is lighter than requests: the client must not be
+    the bottleneck on a 2-core machine)."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             content_type: str | None = None) -> tuple[int, bytes]:
+        headers = dict(self.headers)
+        if content_type:
+            headers["Content-Type"] = content_type
+        for attempt in (0, 1):
+            try:
+                self.conn.request(method, path, body=body, headers=headers)
+                r = self.conn.getresponse()
+                return r.status, r.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def json(self, method: str, path: str, form: dict[str, str] | None = None,
+             payload: Any = None) -> Any:
+        if payload is not None:
+            status, data = self.call(method, path, json.dumps(payload).encode(), "application/json")
+        elif form is not None:
+            from urllib.parse import urlencode
+
+            status, data = self.call(method, path, urlencode(form).encode(),
+                                     "application/x-www-form-urlencoded")
+        else:
+            status, data = self.call(method, path)
+        body = json.loads(data)
+        if status != 200:
+            raise RuntimeError(f"{method} {path} -> {status}: {body.get('message')}")
+        return body["result"]
+
+
+# -- the raw sandbox path ----------------------------------------------------------------------------
+
+
+def bench_sandbox(home: Path, samples: int, seconds: float) -> dict[str, float]:
+    from lightabaco.sandbox.backend import get_backend
+    from lightabaco.sandbox.images import ImageStore
+    from lightabaco.sandbox.types import ExecSpec
+
+    image = ImageStore(home / "images").ensure(TRIVIAL_TAG)
+    backend = get_backend("auto", scratch=home / "raw-exec")
+    lat = []
+    for i in range(samples + 5):
+        t0 = time.perf_counter()
+        backend.start(ExecSpec(image=image, execution_id=f"raw{i}", env={"MSG": "x"})).wait()
+        if i >= 5:
+            lat.append((time.perf_counter() - t0) * 1000)
+    done = [0]
+    stop = time.monotonic() + seconds
+
+    def loop(k: int) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            backend.start(ExecSpec(image=image, execution_id=f"t{k}-{n}", env={"MSG": "x"})).wait()
+            n += 1
+        done[0] += n
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rate = done[0] / (time.monotonic() - t0)
+    return {"latency_median_ms": statistics.median(lat), "latency_p95_ms": pct(lat, 95),
+            "exec_per_s_2": rate}
+
+
+# -- the server --------------------------------------------------------------------------------------
+
+
+def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTABACO_")}
+    argv = [sys.executable, "-m", "lightabaco.server", "serve", "--home", str(home), "--port", str(port),
+            "--workers", "2", "--set", "log_level=warning", "--set", "autoscaling=false"]
+    log = open(home / "server.log", "ab")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}); see {home / 'server.log'}")
+        try:
+            token = (home / "token").read_text().strip()
+            Client(port, token).json("GET", "/actors")
+            return proc
+        except (OSError, ValueError, RuntimeError):
+            time.sleep(0.05)
+    raise RuntimeError("server did not start within 30 s")
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    import psutil
+
+    proc = psutil.Process(pid)
+    own = proc.memory_info().rss
+    children = sum(c.memory_info().rss for c in proc.children(recursive=True))
+    return own / 2**20, (own + children) / 2**20
+
+
+def wait_workers(client: Client, aid: str, n: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ws = client.json("GET", f"/actors/{aid}/workers")
+        if len([w for w in ws if w["status"] == "READY"]) >= n:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{n} workers did not become READY")
+
+
+def burst(port: int, token: str, aid: str, messages: int, clients: int = 4) -> tuple[int, float]:
+    """POST `messages` messages from `clients` keep-alive connections: (accepted, seconds)."""
+    counter = iter(range(messages))
+    lock = threading.Lock()
+    accepted = [0]
+
+    def sender() -> None:
+        cl = Client(port, token)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            status, _ = cl.call("POST", f"/actors/{aid}/messages", b"message=x",
+                                "application/x-www-form-urlencoded")
+            if status == 200:
+                with lock:
+                    accepted[0] += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=sender) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return accepted[0], time.perf_counter() - t0
+
+
+def bench_server(home: Path, samples: int, messages: int) -> dict[str, float]:
+    port = free_port()
+    proc = start_server(home, port)
+    token = (home / "token").read_text().strip()
+    out: dict[str, float] = {}
+    try:
+        c = Client(port, token)
+        actor = c.json("POST", "/actors", payload={"image": TRIVIAL_TAG, "max_workers": 2})
+        aid = actor["id"]
+        c.json("POST", f"/actors/{aid}/workers", form={"num": "2"})
+        wait_workers(c, aid, 2)
+        time.sleep(1.0)
+        out["rss_server_mb"], out["rss_total_mb"] = rss_mb(proc.pid)
+
+        sync_lat = []
+        for i in range(samples + 5):
+            t0 = time.perf_counter()
+            status, body = c.call("POST", f"/actors/{aid}/messages?_abaco_synchronous=true",
+                                  b"message=x", "application/x-www-form-urlencoded")
+            if status != 200 or b"ok" not in body:
+                raise RuntimeError(f"sync message failed: {status} {body[:200]!r}")
+            if i >= 5:
+                sync_lat.append((time.perf_counter() - t0) * 1000)
+        out["sync_median_ms"], out["sync_p95_ms"] = statistics.median(sync_lat), pct(sync_lat, 95)
+
+        async_lat = []
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            eid = c.json("POST", f"/actors/{aid}/messages", form={"message": "x"})["execution_id"]
+            while c.json("GET", f"/actors/{aid}/executions/{eid}")["status"] != "COMPLETE":
+                time.sleep(0.002)
+            async_lat.append((time.perf_counter() - t0) * 1000)
+        out["async_median_ms"], out["async_p95_ms"] = statistics.median(async_lat), pct(async_lat, 95)
+
+        # The API alone: an actor whose image cannot be pulled is in ERROR and has no worker, but its
+        # mailbox accepts messages (each committed before the answer) like any other.
+        idle = c.json("POST", "/actors", payload={"image": "127.0.0.1:9/bench/unpullable"})["id"]
+        deadline = time.monotonic() + 30
+        while c.json("GET", f"/actors/{idle}")["status"] != "ERROR" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        n, seconds = burst(port, token, idle, messages)
+        out["enqueue_alone_per_s"] = n / seconds
+        c.json("DELETE", f"/actors/{idle}")
+
+        # Enqueue burst with 4 keep-alive clients while the 2 workers execute the messages.
+        before = c.json("GET", f"/actors/{aid}/executions")["total_executions"]
+        n, seconds = burst(port, token, aid, messages)
+        accepted = [n]
+        out["enqueue_per_s"] = n / seconds
+
+        # Sustained throughput: executions finished per second while the mailbox still had work.
+        waiting0 = c.json("GET", f"/actors/{aid}/messages")["messages"]
+        t_start = time.perf_counter()
+        while True:
+            waiting = c.json("GET", f"/actors/{aid}/messages")["messages"]
+            if waiting == 0:
+                break
+            time.sleep(0.05)
+        t_end = time.perf_counter()
+        drained = waiting0 - waiting
+        out["exec_per_s_2"] = drained / (t_end - t_start) if t_end > t_start else float("nan")
+        out["drained"] = drained
+        # Everything accepted eventually completes.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            summary = c.json("GET", f"/actors/{aid}/executions")
+            if all(e["status"] == "COMPLETE" for e in summary["executions"]) and \
+                    summary["total_executions"] == before + accepted[0]:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("not every accepted message completed")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return out
+
+
+def report(raw: dict[str, float], srv: dict[str, float]) -> str:
+    ratio = srv["exec_per_s_2"] / raw["exec_per_s_2"] if raw["exec_per_s_2"] else float("nan")
+    rows = [
+        ("one execution, median / p95 (ms)", f"{raw['latency_median_ms']:.1f} / {raw['latency_p95_ms']:.1f}",
+         f"async→COMPLETE {srv['async_median_ms']:.1f} / {srv['async_p95_ms']:.1f}", ""),
+        ("sync round trip, median / p95 (ms)", "-", f"{srv['sync_median_ms']:.1f} / {srv['sync_p95_ms']:.1f}",
+         "median <= 25 ms: " + ("ok" if srv["sync_median_ms"] <= 25 else "MISSED")),
+        ("executions/s, 2 workers", f"{raw['exec_per_s_2']:.0f}", f"{srv['exec_per_s_2']:.0f}",
+         f"{ratio:.0%} of sandbox (>= 70%: " + ("ok" if ratio >= 0.7 else "MISSED") + ")"),
+        ("messages accepted/s, API alone", "-", f"{srv['enqueue_alone_per_s']:.0f}",
+         ">= 1000: " + ("ok" if srv["enqueue_alone_per_s"] >= 1000 else "MISSED")),
+        ("messages accepted/s, 2 workers busy", "-", f"{srv['enqueue_per_s']:.0f}",
+         "(same CPUs run the executions)"),
+        ("RSS, server + 2 idle workers (MB)", "-",
+         f"{srv['rss_total_mb']:.0f} (server {srv['rss_server_mb']:.0f})",
+         "<= 150: " + ("ok" if srv["rss_total_mb"] <= 150 else "MISSED")),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows + [("", "sandbox library", "", "")])
+    w2 = max(len(r[2]) for r in rows + [("", "", "lightabaco server (HTTP)", "")])
+    lines = [f"{'':{w0}}  {'sandbox library':{w1}}  {'lightabaco server (HTTP)':{w2}}  target"]
+    for r in rows:
+        lines.append(f"{r[0]:{w0}}  {r[1]:{w1}}  {r[2]:{w2}}  {r[3]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightabaco.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=1000, help="burst size for enqueue/throughput")
+    parser.add_argument("--samples", type=int, default=100, help="latency samples per measurement")
+    parser.add_argument("--seconds", type=float, default=5.0, help="sandbox throughput window")
+    parser.add_argument("--json", action="store_true", help="also print the raw numbers as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary home")
+    args = parser.parse_args(argv)
+    home = Path(tempfile.mkdtemp(prefix="lightabaco-bench-", dir="/tmp"))
+    home.chmod(0o711)  # the sandbox user must reach the image store when running as root
+    try:
+        print(f"building the trivial actor image in {home} ...", flush=True)
+        build_trivial_image(home)
+        print("measuring the sandbox library ...", flush=True)
+        raw = bench_sandbox(home, args.samples, args.seconds)
+        print("measuring the server ...", flush=True)
+        srv = bench_server(home, args.samples, args.messages)
+        print()
+        print(report(raw, srv))
+        if args.json:
+            print(json.dumps({"sandbox": raw, "server": srv}, indent=2))
+    finally:
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

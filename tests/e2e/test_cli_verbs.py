@@ -1,0 +1,141 @@
+"""Every `lightabaco` client verb against a live server with the sample images (in-process CLI calls)."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from lightabaco.cli import main
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Cli:
+    def __init__(self, server):
+        self.server = server
+
+    def __call__(self, *argv: str, ok: bool = True) -> str:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["--url", self.server.url, "--token", self.server.token, "--home", str(self.server.home),
+                     *argv], out=out, err=err)
+        if ok:
+            assert code == 0, f"lightabaco {' '.join(argv)} -> {code}\n{err.getvalue()}"
+        self.code, self.err = code, err.getvalue()
+        return out.getvalue()
+
+    def json(self, *argv: str):
+        return json.loads(self("--json", *argv))
+
+
+@pytest.fixture
+def cli(sample_server):
+    return Cli(sample_server)
+
+
+def _wait_ready(cli: Cli, name: str) -> None:
+    for _ in range(200):
+        if cli.json("actors", "get", name)["status"] == "READY":
+            return
+    raise AssertionError(f"{name} never became READY")
+
+
+def test_actor_lifecycle(cli):
+    actor_id = cli("actors", "create", "--image", "abacosamples/test", "--name", "t1", "--env", "GREETING=hi").strip()
+    assert re.fullmatch(r"[A-Za-z0-9]+", actor_id)
+    _wait_ready(cli, "t1")
+    assert "t1" in cli("actors", "list") and "abacosamples/test" in cli("actors", "list")
+    details = cli.json("actors", "get", actor_id)
+    assert details["default_environment"] == {"GREETING": "hi"}
+    cli("actors", "update", "t1", "--description", "updated")  # name works where ids are expected
+    updated = cli.json("actors", "get", "t1")
+    assert updated["description"] == "updated" and updated["default_environment"] == {"GREETING": "hi"}
+    assert "deleted" in cli("actors", "rm", "t1")
+    assert all(a["id"] != actor_id for a in cli.json("actors", "list"))
+
+
+def test_send_executions_logs_results(cli):
+    cli("actors", "create", "--image", "abacosamples/wc", "--name", "wc")
+    _wait_ready(cli, "wc")
+    assert cli("send", "wc", "five words for the count", "--sync").strip() == "5"
+    execution = cli.json("send", "wc", "two words", "--wait")
+    assert execution["status"] == "COMPLETE"
+    eid = execution["execution_id"]
+    assert "Number of words: 2" in cli("logs", "wc", eid)
+    assert "Number of words: 2" in cli("logs", "wc", eid, "--follow")
+    assert cli("results", "wc", eid) == "2"
+    cli("results", "wc", eid, ok=False)  # popped: nothing left, exit status 1
+    assert cli.code == 1
+    listing = cli("executions", "wc")
+    assert eid in listing and "total_executions=2" in listing
+    assert cli.json("executions", "wc", eid)["exit_code"] == 0
+    assert cli("messages", "wc").strip() == "0"
+
+
+def test_send_json_env_and_binary(cli, tmp_path):
+    cli("actors", "create", "--image", "abacosamples/test", "--name", "echo")
+    _wait_ready(cli, "echo")
+    eid = cli.json("send", "echo", "--json-message", '{"k": [1, 2]}', "--env", "EXTRA=yes", "--wait")["execution_id"]
+    logs = cli("logs", "echo", eid)
+    assert "Contents of MSG: {'k': [1, 2]}" in logs and "EXTRA=yes" in logs
+    cli("actors", "create", "--image", "abacosamples/py3_func", "--name", "func")
+    _wait_ready(cli, "func")
+    payload = tmp_path / "call.pkl"
+    payload.write_bytes(cloudpickle.dumps({"func": lambda x: x * 7, "args": [6], "kwargs": {}}))
+    eid = cli.json("send", "func", "--binary", str(payload), "--wait")["execution_id"]
+    out_file = tmp_path / "result.bin"
+    cli("results", "func", eid, "--all", "--output", str(out_file))
+    assert pickle.loads(out_file.read_bytes()) == 42
+
+
+def test_workers_and_state(cli):
+    cli("actors", "create", "--image", "abacosamples/test", "--name", "pool")
+    _wait_ready(cli, "pool")
+    before = len(cli.json("workers", "pool"))
+    cli("workers", "pool", "--add", "1")
+    for _ in range(100):
+        if len(cli.json("workers", "pool")) == before + 1:
+            break
+    assert len(cli.json("workers", "pool")) == before + 1
+    assert "READY" in cli("workers", "pool") or "REQUESTED" in cli("workers", "pool")
+    cli("actors", "create", "--image", "abacosamples/test", "--name", "keeper", "--stateful")
+    _wait_ready(cli, "keeper")
+    cli("state", "keeper", "--set", '{"count": 3}')
+    assert json.loads(cli("state", "keeper")) == {"count": 3}
+
+
+def test_errors_say_what_to_do(cli):
+    cli("actors", "get", "no-such-actor", ok=False)
+    assert cli.code == 1 and "not found" in cli.err
+    cli("actors", "create", ok=False)
+    assert "needs --image" in cli.err
+    cli("send", "whatever", ok=False)
+    assert "give a MESSAGE" in cli.err
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--url", cli.server.url, "--token", "wrong", "actors", "list"], out=out, err=err) == 1
+    assert "401" in err.getvalue() and "LIGHTABACO_TOKEN" in err.getvalue()
+
+
+def test_token_users_doctor_and_local_images(cli, tmp_path):
+    assert cli("token").strip() == cli.server.token
+    alice = cli("users", "add", "alice").strip()
+    assert alice.count(".") == 2  # a JWT
+    assert "alice" in cli("users", "list")
+    checks = cli.json("doctor")
+    assert {c["name"] for c in checks} >= {"user namespaces", "backend bwrap", "home filesystem", "free disk"}
+    assert "abacosamples/wc" in cli("images", "list")
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Containerfile").write_text("FROM lightabaco/busybox\nCMD [\"echo\", \"built by the cli\"]\n")
+    built = cli.json("images", "build", str(context), "--tag", "cli/built", "--network", "none")
+    assert built["id"].startswith("sha256:") and not built["cached"]
+    assert cli.json("images", "build", str(context), "--tag", "cli/built", "--network", "none")["cached"]
+    assert "cli/built" in cli("images", "list")
+    cli("images", "rm", "cli/built")
+    assert "cli/built" not in cli("images", "list")

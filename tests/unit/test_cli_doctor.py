@@ -1,0 +1,59 @@
+"""`lightabaco doctor` checks, fed with the facts of other hosts (Ubuntu 24.04, RHEL 7, NFS homes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightabaco import doctor
+
+
+def _reader(values: dict[str, str]):
+    return lambda path: values.get(path)
+
+
+def test_ubuntu_apparmor_restriction_is_a_warning_with_the_fix():
+    checks = doctor.check_userns(_reader({
+        "/proc/sys/user/max_user_namespaces": "63000",
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns": "1"}))
+    warn = [c for c in checks if c.status == "warn"]
+    assert warn and "apparmor_restrict_unprivileged_userns=1" in warn[0].detail and "userns" in warn[0].fix
+
+
+def test_disabled_user_namespaces_fail_with_sysctl_fix():
+    checks = doctor.check_userns(_reader({"/proc/sys/user/max_user_namespaces": "0",
+                                          "/proc/sys/kernel/unprivileged_userns_clone": "0"}))
+    assert [c.status for c in checks] == ["fail", "fail"]
+    assert "max_user_namespaces" in checks[0].fix and "unprivileged_userns_clone=1" in checks[1].fix
+
+
+def test_plain_host_is_ok():
+    checks = doctor.check_userns(_reader({"/proc/sys/user/max_user_namespaces": "96365"}))
+    assert [c.status for c in checks] == ["ok"]
+
+
+def test_nfs_home_warns_about_sqlite(tmp_path: Path):
+    mounts = f"/dev/vda / ext4 rw 0 0\nfiler:/home {tmp_path} nfs4 rw 0 0\n"
+    checks = doctor.check_home(tmp_path / "lightabaco", mounts_text=mounts)
+    fs = checks[0]
+    assert fs.status == "warn" and "nfs4" in fs.detail and "SQLite" in fs.detail and "--home" in fs.fix
+
+
+def test_local_home_is_ok(tmp_path: Path):
+    checks = doctor.check_home(tmp_path, mounts_text="/dev/vda / ext4 rw 0 0\n")
+    assert checks[0].status == "ok" and "ext4" in checks[0].detail
+    assert checks[1].name == "free disk"
+
+
+def test_render_summarises_the_worst_status():
+    text = doctor.render([doctor.Check("a", "ok", "fine"), doctor.Check("b", "warn", "meh", "do x")])
+    assert "[WARN] b: meh" in text and "fix: do x" in text and text.endswith("the warnings above say what is degraded.")
+    text = doctor.render([doctor.Check("c", "fail", "broken", "do y")])
+    assert "cannot run executions" in text
+
+
+def test_root_home_under_root_dir_is_unreachable(monkeypatch, tmp_path: Path):
+    monkeypatch.setattr(doctor.os, "getuid", lambda: 0)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    checks = doctor.check_root_home(private / "home")
+    assert checks[0].status == "fail" and "--home /var/lib/lightabaco" in checks[0].fix
