@@ -21,203 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from .cli_common import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, default_home, emit, get, kv,  # noqa: F401
+                         table)
+from .cli_local import cmd_doctor, cmd_images, cmd_serve, cmd_token, cmd_users
 from .client import Client, ClientError, resolve_token, resolve_url
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as `lightabaco: <message>` with exit status 1."""
-
-
-def default_home() -> Path:
-    """--home, else LIGHTABACO_HOME, else ~/.lightabaco (/var/lib/lightabaco for root: sandboxes then run
-    as an unprivileged user, who cannot traverse /root)."""
-    if os.environ.get("LIGHTABACO_HOME"):
-        return Path(os.environ["LIGHTABACO_HOME"]).expanduser()
-    if os.getuid() == 0:
-        return Path("/var/lib/lightabaco")
-    return Path.home() / ".lightabaco"
-
-
-# -- output -------------------------------------------------------------------------------------------
-
-def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], out: TextIO) -> None:
-    """Print rows as aligned columns; `columns` is [(key, HEADER)]."""
-    cells = [[str(_get(row, key) if _get(row, key) is not None else "") for key, _ in columns] for row in rows]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h) in enumerate(columns)]
-    print("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths)).rstrip(), file=out)
-    for c in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip(), file=out)
-
-
-def _get(row: dict[str, Any], key: str) -> Any:
-    # Servers in camel mode answer executionId instead of execution_id: accept both spellings.
-    if key in row:
-        return row[key]
-    camel = key.split("_")[0] + "".join(p.title() for p in key.split("_")[1:])
-    return row.get(camel)
-
-
-def _emit(args: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True, default=str), file=args.out)
-    else:
-        human()
-
-
-def _kv(pairs: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CliError(f"{what} must be KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
-
-
-def _progress(args: argparse.Namespace) -> Any:
-    from .progress import make_progress
-
-    return None if args.json else make_progress(args.err)
-
-
-# -- server-side verbs ----------------------------------------------------------------------------------
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .config import Settings
-    from .server import first_run, serve
-
-    settings = Settings.from_env(home=args.home, host=args.host, port=args.port, workers=args.workers,
-                                 backend=args.backend, auth=args.auth)
-    token = first_run(settings)
-    if not args.no_samples:
-        _ensure_samples(settings.images_dir, settings.home / "build-cache", args)
-    base = f"http://{settings.host}:{settings.port}"
-    print(f"lightabaco {_version()} serving on {base} (home {settings.home}, {settings.workers} workers)", file=args.err)
-    if token:
-        print("Paste this into another shell to use the walkthrough:", file=args.err)
-        print(f"export BASE={base}\nexport TOKEN={token}", file=args.out)
-    else:
-        print(f"export BASE={base}   # --auth none: no token needed", file=args.out)
-    args.out.flush()
-    serve(settings)
-    return EXIT_OK
-
-
-def _ensure_samples(images_dir: Path, cache_dir: Path, args: argparse.Namespace) -> None:
-    from .samples import ensure_samples
-    from .sandbox.errors import SandboxError
-    from .sandbox.images import ImageStore
-
-    store = ImageStore(images_dir)
-    progress = _progress(args)
-    started = time.monotonic()
-    try:
-        ensure_samples(store, progress, cache_dir=cache_dir)
-    except SandboxError as exc:
-        # The Python samples need a Debian mirror once; the shell samples never do. Serve anyway.
-        print(f"\nlightabaco: could not build every sample image ({exc}); continuing with the busybox ones",
-              file=args.err)
-        try:
-            ensure_samples(store, progress, cache_dir=cache_dir, python=False)
-        except SandboxError as inner:
-            print(f"lightabaco: sample images unavailable: {inner}", file=args.err)
-    finally:
-        if progress:
-            progress.close()
-    elapsed = time.monotonic() - started
-    if elapsed > 1:
-        print(f"sample images ready in {elapsed:.1f} s (cached for next time)", file=args.err)
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("lightabaco")
-    except Exception:  # not installed as a distribution (running from a source tree)
-        return "dev"
-
-
-def cmd_token(args: argparse.Namespace) -> int:
-    from .users_cli import token_main
-
-    return token_main(args.rest, args.home, out=args.out, err=args.err)
-
-
-def cmd_users(args: argparse.Namespace) -> int:
-    from .users_cli import users_main
-
-    return users_main(args.rest, args.home, out=args.out, err=args.err)
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from . import doctor
-
-    checks = doctor.run_checks(args.home)
-    _emit(args, doctor.as_dicts(checks), lambda: print(doctor.render(checks), file=args.out))
-    return EXIT_ERROR if any(c.status == "fail" for c in checks) else EXIT_OK
-
-
-# -- images (local, through the image store) ------------------------------------------------------------
-
-def _store(args: argparse.Namespace) -> Any:
-    from .sandbox.images import ImageStore
-
-    return ImageStore(args.home / "images")
-
-
-def cmd_images(args: argparse.Namespace) -> int:
-    store = _store(args)
-    progress = _progress(args)
-    try:
-        if args.images_cmd == "list":
-            rows = store.list()
-            _emit(args, rows, lambda: _table(
-                [{**r, "id": (r.get("id") or "")[7:19], "size": _mb(r.get("size"))} for r in rows],
-                [("reference", "REFERENCE"), ("id", "IMAGE ID"), ("size", "SIZE"), ("source", "SOURCE")], args.out))
-        elif args.images_cmd == "import":
-            images = store.import_path(Path(args.path), tag=args.tag, progress=progress)
-            data = [{"reference": i.reference, "id": i.config_digest} for i in images]
-            _emit(args, data, lambda: [print(f"imported {d['reference'] or '(unnamed)'} {d['id'][:19]}",
-                                             file=args.out) for d in data])
-        elif args.images_cmd == "pull":
-            image = store.pull(args.ref, insecure=args.insecure, username=args.username,
-                               password=os.environ.get("LIGHTABACO_REGISTRY_PASSWORD") if args.username else None,
-                               progress=progress)
-            data = {"reference": image.reference, "id": image.config_digest}
-            _emit(args, data, lambda: print(f"pulled {image.reference} {image.config_digest[:19]}", file=args.out))
-        elif args.images_cmd == "build":
-            from .sandbox.build import build
-
-            result = build(Path(args.dir), store, cache_dir=args.home / "build-cache", tag=args.tag,
-                           file=args.file, build_args=_kv(args.build_arg, "--build-arg"), network=args.network,
-                           engine=args.engine, progress=progress, no_cache=args.no_cache)
-            data = {"reference": result.image.reference, "id": result.config_digest, "cached": result.cached,
-                    "seconds": round(result.seconds, 3)}
-            _emit(args, data, lambda: print(
-                f"built {args.tag or '(untagged)'} {result.config_digest[:19]} in {result.seconds:.1f} s"
-                + (" (cached)" if result.cached else ""), file=args.out))
-        elif args.images_cmd == "rm":
-            removed = store.remove(args.ref)
-            _emit(args, {"removed": args.ref, "id": removed}, lambda: print(f"removed {args.ref}", file=args.out))
-        elif args.images_cmd == "samples":
-            from .samples import ensure_samples
-
-            results = ensure_samples(store, progress, cache_dir=args.home / "build-cache", python=not args.no_python)
-            data = {tag: {"id": r.config_digest, "cached": r.cached} for tag, r in results.items()}
-            _emit(args, data, lambda: [print(f"{tag:28} {d['id'][:19]}{'  (cached)' if d['cached'] else ''}",
-                                             file=args.out) for tag, d in data.items()])
-    finally:
-        if progress:
-            progress.close()
-    return EXIT_OK
-
-
-def _mb(size: Any) -> str:
-    return f"{size / 1e6:.1f} MB" if isinstance(size, (int, float)) else ""
-
 
 # -- client verbs -------------------------------------------------------------------------------------
 
@@ -261,7 +68,7 @@ def _actor_fields(args: argparse.Namespace) -> dict[str, Any]:
     if args.stateful:
         fields["stateless"] = False
     if args.env:
-        fields["default_environment"] = _kv(args.env, "--env")
+        fields["default_environment"] = kv(args.env, "--env")
     if args.hint:
         fields["hints"] = args.hint
     if args.token_attr is not None:
@@ -274,7 +81,7 @@ def _actor_fields(args: argparse.Namespace) -> dict[str, Any]:
         fields["max_workers"] = args.max_workers
     if args.use_container_uid:
         fields["use_container_uid"] = True
-    for key, value in _kv(args.field, "--field").items():
+    for key, value in kv(args.field, "--field").items():
         try:
             fields[key] = json.loads(value)
         except ValueError:
@@ -287,7 +94,7 @@ def cmd_actors(args: argparse.Namespace) -> int:
     sub = args.actors_cmd
     if sub == "list":
         actors = client.list_actors()
-        _emit(args, actors, lambda: _table(actors, ACTOR_COLUMNS, args.out))
+        emit(args, actors, lambda: table(actors, ACTOR_COLUMNS, args.out))
     elif sub in ("create", "update"):
         fields = _actor_fields(args)
         if sub == "create" and "image" not in fields:
@@ -297,14 +104,14 @@ def cmd_actors(args: argparse.Namespace) -> int:
             current = client.get_actor(args.actor)
             keep = ("image", "name", "description", "stateless", "default_environment", "hints", "token",
                     "max_workers", "use_container_uid", "cron_schedule", "cron_on", "link", "webhook", "privileged")
-            fields = {**{k: _get(current, k) for k in keep if _get(current, k) is not None}, **fields}
+            fields = {**{k: get(current, k) for k in keep if get(current, k) is not None}, **fields}
             actor = client.update_actor(args.actor, fields)
         else:
             actor = client.create_actor(fields)
-        _emit(args, actor, lambda: print(_get(actor, "id"), file=args.out))
+        emit(args, actor, lambda: print(get(actor, "id"), file=args.out))
     elif sub == "get":
         actor = client.get_actor(args.actor)
-        _emit(args, actor, lambda: [print(f"{k:22} {v}", file=args.out) for k, v in sorted(actor.items())])
+        emit(args, actor, lambda: [print(f"{k:22} {v}", file=args.out) for k, v in sorted(actor.items())])
     elif sub == "rm":
         for actor_id in args.actors:
             client.delete_actor(actor_id)
@@ -317,7 +124,7 @@ def cmd_actors(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     client = _client(args)
-    env = _kv(args.env, "--env")
+    env = kv(args.env, "--env")
     binary = Path(args.binary).read_bytes() if args.binary else None
     if args.binary == "-":
         binary = sys.stdin.buffer.read()
@@ -337,11 +144,11 @@ def cmd_send(args: argparse.Namespace) -> int:
             _write_bytes(args, body)
         return EXIT_OK
     result = client.send_message(args.actor, message, binary=binary, env=env)
-    execution_id = _get(result, "execution_id")
+    execution_id = get(result, "execution_id")
     if args.wait:
         execution = _wait(client, args.actor, execution_id, args.wait_timeout)
-        result = {**result, "status": execution.get("status"), "exit_code": _get(execution, "exit_code")}
-    _emit(args, result, lambda: print(execution_id if not args.wait else f"{execution_id} {result['status']}",
+        result = {**result, "status": execution.get("status"), "exit_code": get(execution, "exit_code")}
+    emit(args, result, lambda: print(execution_id if not args.wait else f"{execution_id} {result['status']}",
                                       file=args.out))
     return EXIT_OK
 
@@ -379,17 +186,17 @@ def cmd_executions(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.execution:
         execution = client.get_execution(args.actor, args.execution)
-        _emit(args, execution, lambda: [print(f"{k:24} {v}", file=args.out) for k, v in sorted(execution.items())])
+        emit(args, execution, lambda: [print(f"{k:24} {v}", file=args.out) for k, v in sorted(execution.items())])
         return EXIT_OK
     summary = client.list_executions(args.actor)
     rows = summary.get("executions", []) if isinstance(summary, dict) else []
 
     def human() -> None:
-        _table(rows, EXEC_COLUMNS, args.out)
-        totals = {k: _get(summary, k) for k in ("total_executions", "total_cpu", "total_io", "total_runtime")}
+        table(rows, EXEC_COLUMNS, args.out)
+        totals = {k: get(summary, k) for k in ("total_executions", "total_cpu", "total_io", "total_runtime")}
         print("  ".join(f"{k}={v}" for k, v in totals.items() if v is not None), file=args.out)
 
-    _emit(args, summary, human)
+    emit(args, summary, human)
     return EXIT_OK
 
 
@@ -397,7 +204,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     client = _client(args)
     if not args.follow:
         logs = client.get_logs(args.actor, args.execution)
-        _emit(args, {"logs": logs}, lambda: args.out.write(logs))
+        emit(args, {"logs": logs}, lambda: args.out.write(logs))
         return EXIT_OK
     # Logs are readable while the execution runs: print what is new until it ends.
     shown = 0
@@ -435,7 +242,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
         # The API's `num` is the total wanted (Abaco semantics); --add means "this many more".
         client.add_workers(args.actor, len(client.list_workers(args.actor)) + args.add)
     workers = client.list_workers(args.actor)
-    _emit(args, workers, lambda: _table(workers, [("id", "WORKER"), ("status", "STATUS"),
+    emit(args, workers, lambda: table(workers, [("id", "WORKER"), ("status", "STATUS"),
                                                   ("last_execution_time", "LAST EXECUTION")], args.out))
     return EXIT_OK
 
@@ -450,14 +257,14 @@ def cmd_state(args: argparse.Namespace) -> int:
         result = client.set_state(args.actor, value)
     else:
         result = client.get_state(args.actor)
-    state = _get(result, "state") if isinstance(result, dict) else result
-    _emit(args, result, lambda: print(json.dumps(state) if not isinstance(state, str) else state, file=args.out))
+    state = get(result, "state") if isinstance(result, dict) else result
+    emit(args, result, lambda: print(json.dumps(state) if not isinstance(state, str) else state, file=args.out))
     return EXIT_OK
 
 
 def cmd_messages(args: argparse.Namespace) -> int:
     result = _client(args).count_messages(args.actor)
-    _emit(args, result, lambda: print(_get(result, "messages"), file=args.out))
+    emit(args, result, lambda: print(get(result, "messages"), file=args.out))
     return EXIT_OK
 
 

@@ -138,7 +138,7 @@ class Settings:
 
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:
-    kind_s = str(kind)
+    kind_s = getattr(kind, "__name__", str(kind))
     try:
         if kind is bool or kind_s == "bool":
             if isinstance(value, bool):

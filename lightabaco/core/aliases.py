@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from lightabaco.core import permissions as perms
 from lightabaco.core.errors import NotFound, PermissionDenied, ValidationError
 from lightabaco.core.identity import Identity
+from lightabaco.store.db import write_tx
 
 RESERVED_WORDS = ("executions", "nonces", "logs", "messages", "adapters", "admin")
 # Route words that shadow /actors/{id} and so can never be aliases either (spec §3.6).
@@ -118,7 +119,7 @@ def create_alias(services: Any, identity: Identity, fields: Mapping[str, Any]) -
     perms.require(identity, perms.ACTOR, f"{tenant}_{actor_id}", perms.UPDATE,
                   f"Not authorized -- you do not have access to {actor_id}.")
     key = alias_key(tenant, alias)
-    with Alias._meta.database.atomic():
+    with write_tx():
         if Alias.select().where(Alias.key == key).exists():
             raise ValidationError(f"Alias {alias} already exists.")
         row = Alias.create(key=key, tenant=tenant, alias=alias, actor_id=actor_id, owner=identity.username,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jwt
+import peewee
 
 from lightabaco.core.errors import AbacoError, AuthenticationError
 from lightabaco.core.identity import ADMIN, LIMITED, PRIVILEGED, ROLES, USER, Identity
@@ -189,7 +190,11 @@ def add_user(home: Path, username: str, role: str = USER, tenant: str = "DEV",
         raise UserError(f"User {username!r} already exists in tenant {tenant}; `lightabaco users token "
                         f"{username}` issues them a new token (and re-enables them if revoked).")
     jti = secrets.token_hex(12)
-    User.create(tenant=tenant, username=username, roles=role, token_id=jti, create_time=time.time())
+    try:
+        User.create(tenant=tenant, username=username, roles=role, token_id=jti, create_time=time.time())
+    except peewee.IntegrityError:  # created concurrently by another request or command
+        raise UserError(f"User {username!r} already exists in tenant {tenant}; `lightabaco users token "
+                        f"{username}` issues them a new token.") from None
     return _encode(home, _claims(username, tenant, "user", ttl_s, jti=jti))
 
 

@@ -16,6 +16,7 @@ from lightabaco.core import permissions as perms
 from lightabaco.core.aliases import field
 from lightabaco.core.errors import AbacoError, NotFound, ValidationError
 from lightabaco.core.identity import Identity
+from lightabaco.store.db import write_tx
 
 KEY_FILE = "config.key"
 SECRET_MASK = "********"
@@ -150,7 +151,7 @@ def create_config(services: Any, identity: Identity, fields: Mapping[str, Any]) 
     _check_actors(identity.tenant, actors)
     stored = encrypt(services.settings.home, value) if secret else value
     key = config_key(identity.tenant, name)
-    with ActorConfig._meta.database.atomic():
+    with write_tx():
         if ActorConfig.select().where(ActorConfig.key == key).exists():
             raise ValidationError(f"Config {name} already exists; please choose another name for your config")
         row = ActorConfig.create(key=key, tenant=identity.tenant, name=name, value=stored, is_secret=secret,

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Mapping
 
 from lightabaco.core.errors import NotFound, PermissionDenied, ValidationError
 from lightabaco.core.identity import Identity
+from lightabaco.store.db import write_tx
 
 NONE, READ, EXECUTE, UPDATE = 0, 1, 2, 3
 LEVELS: dict[str, int] = {"NONE": NONE, "READ": READ, "EXECUTE": EXECUTE, "UPDATE": UPDATE}
@@ -72,7 +73,7 @@ def set_permission(kind: str, key: str, username: str, level: str | int) -> dict
     username = str(username).strip()
     if not username:
         raise ValidationError("Invalid permission description: the user field is required.")
-    with Permission._meta.database.atomic():
+    with write_tx():
         updated = (Permission.update(level=value)
                    .where((Permission.kind == kind) & (Permission.object_key == key)
                           & (Permission.username == username)).execute())

@@ -170,7 +170,7 @@ def _mmdebstrap_tar(cache_dir: Path, progress: Progress | None) -> Path:
         raise BuildError("building the offline Python base needs mmdebstrap: "
                          "`sudo apt-get install -y mmdebstrap` (or build FROM a pulled python image)")
     mode = "root" if os.getuid() == 0 else "unshare"
-    tmp = out.with_suffix(".partial")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.partial")  # concurrent first builds do not collide
     argv = [tool, f"--mode={mode}", "--variant=minbase", "--include=" + ",".join(PYTHON_PACKAGES),
             "--aptopt=APT::Install-Recommends \"false\"",
             "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",

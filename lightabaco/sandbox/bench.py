@@ -112,6 +112,31 @@ def throughput(rootfs: Path, scratch: Path, workers: int, total: int) -> tuple[f
     return per * workers / elapsed, ok
 
 
+def fork_bomb(backend: BwrapBackend, image: PreparedImage) -> dict[str, float | str | int]:
+    """Run a shell fork bomb under the default limits; measure how fast it is stopped and how the
+    host answers meanwhile (a host `true` spawned every 10 ms)."""
+    from . import procstats
+
+    spec = ExecSpec(image=image, cmd=["/bin/sh", "-c", "f() { f | f & }; f; sleep 30"],
+                    limits=Limits(wall_timeout_s=30))
+    t0 = time.perf_counter()
+    ex = backend.start(spec)
+    host_lat: list[float] = []
+    peak = 0
+    while ex.poll() is None:
+        s = time.perf_counter()
+        subprocess.run(["true"], check=False)
+        host_lat.append(time.perf_counter() - s)
+        if ex.child_pid:
+            peak = max(peak, len(procstats.tree_pids(ex.child_pid, limit=100000)))
+        time.sleep(0.01)
+    res = ex.wait()
+    assert res is not None
+    return {"stopped_after_s": time.perf_counter() - t0, "reason": res.reason,
+            "peak_processes_seen": peak, "host_true_max_ms": max(host_lat or [0]) * 1e3,
+            "host_true_median_ms": statistics.median(host_lat or [0]) * 1e3}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lightabaco.sandbox.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="runs for the podman row (about 0.2-0.3 s each; default 50, 0 to skip)")
     ap.add_argument("--throughput", type=int, default=400,
                     help="executions per throughput measurement (default 400)")
+    ap.add_argument("--fork-bomb", action="store_true",
+                    help="also run a fork bomb under the default limits and report the host's latency")
     ap.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = ap.parse_args(argv)
 
@@ -174,6 +201,7 @@ def _bench(args: argparse.Namespace, base: Path) -> int:
             rows.append({"name": "podman run", "skipped": "; ".join(pb.probe().reasons)})
     tp1, ok1 = throughput(rootfs, scratch, 1, args.throughput)
     tp2, ok2 = throughput(rootfs, scratch, 2, args.throughput)
+    bomb = fork_bomb(backend, image) if args.fork_bomb else None
     load_after = os.getloadavg()[0]
     raw_med = statistics.median(raw_times)
     full_med = rows[2]["median_ms"] / 1e3  # type: ignore[operator]
@@ -185,6 +213,7 @@ def _bench(args: argparse.Namespace, base: Path) -> int:
         "ratio_full_over_raw_bwrap_median": full_med / raw_med,
         "throughput_per_s": {"1 runner": tp1, "2 runners": tp2},
         "throughput_failures": (args.throughput - ok1) + (args.throughput - ok2),
+        "fork_bomb": bomb,
         "noise_raw_bwrap": {"p95_over_median": pct(raw_times, 95) / raw_med,
                             "stdev_over_median": statistics.stdev(raw_times) / raw_med},
     }
@@ -205,6 +234,11 @@ def _bench(args: argparse.Namespace, base: Path) -> int:
           "(target <= 1.5x)")
     print(f"throughput, trivial actor: {tp1:.0f}/s with 1 runner, {tp2:.0f}/s with 2 runners "
           f"(target >= 200/s); failures: {out['throughput_failures']}")
+    if bomb:
+        print(f"fork bomb (default limits): stopped after {bomb['stopped_after_s']:.2f} s, "
+              f"peak {bomb['peak_processes_seen']} processes seen, host `true` median "
+              f"{bomb['host_true_median_ms']:.1f} ms / max {bomb['host_true_max_ms']:.1f} ms; "
+              f"reason: {bomb['reason']}")
     noise = out["noise_raw_bwrap"]
     print(f"noise (raw bwrap): p95/median {noise['p95_over_median']:.2f}, "
           f"stdev/median {noise['stdev_over_median']:.2f}")

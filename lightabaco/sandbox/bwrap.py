@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import threading
@@ -35,6 +36,8 @@ BINARY_DATA = "/_abaco_binary_data"
 RESULTS_SOCK = "/_abaco_results.sock"
 # Mount points that must already exist in a read-only image root (the image store prepares them).
 _RO_ROOT_NEEDS = ("proc", "dev", "tmp", BINARY_DATA[1:], RESULTS_SOCK[1:])
+# Binary messages up to this size reach the sandbox from memory; larger ones through a file.
+INLINE_BINARY_MAX = 64 << 20
 # As root the sandbox user's total process count is capped too: a backstop behind the watchdog.
 ROOT_NPROC_CAP = 4096
 
@@ -98,6 +101,9 @@ _PRLIMIT_FLAGS = {resource.RLIMIT_CORE: "--core", resource.RLIMIT_CPU: "--cpu",
                   resource.RLIMIT_NOFILE: "--nofile", resource.RLIMIT_NPROC: "--nproc"}
 
 
+_CHILD_PID_RE = re.compile(rb'"child-pid"\s*:\s*(\d+)')
+
+
 def parse_status(buf: bytes) -> tuple[list[dict], bytes]:
     """Split bwrap's --json-status-fd stream into complete JSON documents and the unparsed rest
     (bwrap writes several documents, and one read may end in the middle of one)."""
@@ -128,8 +134,15 @@ class BwrapExecution(MonitoredExecution):
         docs, self._status_buf = parse_status(self._status_buf + data)
         for doc in docs:
             self.status.update(doc)
-            if "child-pid" in doc and self.child_pid is None:
-                self.child_pid = int(doc["child-pid"])
+        if self.child_pid is None:
+            if "child-pid" in self.status:
+                self.child_pid = int(self.status["child-pid"])  # type: ignore[arg-type]
+            else:
+                # The first piece bwrap writes is `{ "child-pid": N` (one atomic write): use it at
+                # once instead of waiting for the rest of the document.
+                match = _CHILD_PID_RE.search(self._status_buf)
+                if match:
+                    self.child_pid = int(match.group(1))
 
     def _exit_status(self, returncode: int) -> tuple[int | None, str | None]:
         if "exit-code" in self.status:
@@ -194,7 +207,8 @@ class BwrapBackend:
         fds: list[int] = []
         logs = results = None
         try:
-            write_binary_data(exec_dir.path / "binary_data", spec.binary_message, owner)
+            if len(spec.binary_message or b"") > INLINE_BINARY_MAX:
+                write_binary_data(exec_dir.path / "binary_data", spec.binary_message, owner)
             results = ResultsSocket(exec_dir.path / "results.sock", spec.on_result, 0o600, owner)
             logs = LogSink(spec.log_path or self.scratch.default_log_path(spec.execution_id),
                            spec.limits.log_bytes)
@@ -255,7 +269,20 @@ class BwrapBackend:
         if spec.limits.tmpfs_bytes:
             args += ["--size", str(int(spec.limits.tmpfs_bytes))]
         args += ["--perms", "1777", "--tmpfs", "/tmp"]
-        args += ["--ro-bind", os.fspath(exec_dir / "binary_data"), BINARY_DATA]
+        # The binary message is a regular read-only file in the sandbox, never a FIFO: see
+        # channels.write_binary_data. Up to INLINE_BINARY_MAX it is handed over in memory (a memfd
+        # that bwrap copies into the sandbox's own tmpfs): no host file, no inode, no disk write.
+        message = spec.binary_message or b""
+        if len(message) <= INLINE_BINARY_MAX:
+            data_fd = os.memfd_create("abaco-binary-data", os.MFD_CLOEXEC)
+            fds.append(data_fd)
+            view = memoryview(message)
+            while view:
+                view = view[os.write(data_fd, view):]
+            os.lseek(data_fd, 0, os.SEEK_SET)
+            args += ["--perms", "0444", "--ro-bind-data", str(data_fd), BINARY_DATA]
+        else:
+            args += ["--ro-bind", os.fspath(exec_dir / "binary_data"), BINARY_DATA]
         args += ["--ro-bind", os.fspath(exec_dir / "results.sock"), RESULTS_SOCK]
         for host, dest, read_only in spec.mounts:
             args += ["--ro-bind" if read_only else "--bind", source(host), dest]

@@ -192,7 +192,10 @@ class MonitoredExecution:
             fds = [pidfd, self._results.fileno(), self._wake_r]
             if log_open:
                 fds.append(self._logs.fileno())
-            if self._plan.status_fd >= 0:
+            if self._plan.status_fd >= 0 and self.child_pid is None:
+                # Only until pid 1 is known: bwrap writes its status in many small pieces, and
+                # every extra wake-up costs a scheduling delay on a busy host. The rest (the exit
+                # code) waits in the pipe until the runtime has exited.
                 fds.append(self._plan.status_fd)
             now = time.monotonic()
             wakeups = [next_tick]

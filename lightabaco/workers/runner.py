@@ -131,6 +131,14 @@ class Runner:
             self.requeue_or_fail(claimed, actor, f"The sandbox could not be started: {exc}")
             raise StartFailure(str(exc)) from exc
         result = self.supervise(execution, claimed, exec_dbid)
+        if result.failure == "setup" and claimed.attempts < self.settings.max_attempts:
+            # The platform failed (e.g. the kernel refused a namespace under load), not the actor:
+            # give the message back and let it run again shortly, under the same execution id.
+            log.warning("execution %s could not be set up (%s); retrying", claimed.execution_id,
+                        result.reason)
+            self.requeue_or_fail(claimed, actor, result.reason)
+            time.sleep(min(0.1 * claimed.attempts, 1.0))
+            return
         if result.results and received[0] == 0:  # a backend that did not call on_result
             for data in result.results:
                 Result.insert(execution_dbid=exec_dbid, data=data, created=time.time()).execute()

@@ -112,3 +112,14 @@ def test_podman_engine_when_podman_works(workspace, store, build_cache_dir):
         pytest.skip(f"podman build does not work on this host: {str(exc)[:300]}")
     ran, log = _run(workspace, store.get("test/podman"))
     assert result.config_digest.startswith("sha256:") and "built by podman" in log
+
+
+def test_base_image_is_pulled_from_a_registry(workspace, store, build_cache_dir, registry):
+    from tests.fixtures.oci import busybox_layout
+
+    registry.push_image(busybox_layout(), "team/base", "1")
+    ctx = _ctx(workspace, f"FROM {registry.ref('team/base', '1')}\nRUN echo on-top > /top.txt\n"
+                          "CMD [\"cat\", \"/top.txt\"]\n")
+    build(ctx, store, cache_dir=build_cache_dir, tag="test/pulled-base", network="none")
+    assert store.get(registry.ref("team/base", "1")).config_digest.startswith("sha256:")  # pulled on the way
+    assert _run(workspace, store.get("test/pulled-base"))[1] == "on-top\n"

@@ -139,3 +139,48 @@ def test_token_users_doctor_and_local_images(cli, tmp_path):
     assert "cli/built" in cli("images", "list")
     cli("images", "rm", "cli/built")
     assert "cli/built" not in cli("images", "list")
+
+
+def _serve_once(home: Path, port: int) -> str:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTABACO_")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "lightabaco"), "serve", "--home", str(home),
+                             "--port", str(port), "--workers", "1", "--no-samples"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]
+        assert lines[0] == f"export BASE=http://127.0.0.1:{port}\n"
+        token = lines[1].strip().removeprefix("export TOKEN=")
+        for _ in range(100):
+            try:
+                r = requests.get(f"http://127.0.0.1:{port}/actors", headers={"Authorization": f"Bearer {token}"})
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        assert r.status_code == 200
+        return token
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a clean stop
+
+
+def test_serve_prints_the_exports_and_restarts_with_the_same_token():
+    import shutil
+
+    from tests.fixtures.samples import reachable_tmpdir
+    from tests.fixtures.server import free_port
+
+    home = reachable_tmpdir("lightabaco-serve-")
+    try:
+        first = _serve_once(home, free_port())
+        assert _serve_once(home, free_port()) == first  # safe to run twice: same home, same token
+        assert (home / "token").stat().st_mode & 0o777 == 0o600
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

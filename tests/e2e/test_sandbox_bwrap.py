@@ -313,9 +313,10 @@ def test_scratch_removed_and_stale_scratch_collected(bwrap_backend, bb_image, ma
     assert res.exit_code == 0 and not (bwrap_backend.scratch.root / "gone1").exists()
     stale = bwrap_backend.scratch.root / "crashed1"
     stale.mkdir()
-    (stale / ".lock").touch()
     (stale / "binary_data").write_bytes(b"x")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     live = bwrap_backend.scratch.create("alive1")  # held by this process: must survive
+    os.utime(live.path, (time.time() - 3600, time.time() - 3600))
     again = BwrapBackend(bwrap_backend.scratch.root)
     assert again.stale_collected == ["crashed1"]
     assert not stale.exists() and live.path.exists()
@@ -371,3 +372,20 @@ print([l for l in open('/proc/self/status') if l.startswith('Seccomp:')][0].stri
     for name in ("ptrace", "keyctl", "bpf"):
         assert f"{name} -1 1\n" in text  # EPERM
     assert "getpid -1" not in text and "Seccomp:\t2" in text
+
+
+def test_binary_message_above_the_inline_size_goes_through_a_file(bwrap_backend, bb_image, make_spec,
+                                                                  monkeypatch):
+    import lightabaco.sandbox.bwrap as bwrap_mod
+
+    monkeypatch.setattr(bwrap_mod, "INLINE_BINARY_MAX", 1000)
+    payload = b"0123456789" * 500
+    ex = bwrap_backend.start(make_spec(bb_image, "/bin/sh", "-c", "cat /_abaco_binary_data; sleep 0.2",
+                                       binary_message=payload))
+    deadline = time.monotonic() + 10
+    while ex.child_pid is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (bwrap_backend.scratch.root / ex.id / "binary_data").exists()
+    res = ex.wait(20)
+    assert Path(res.log_path).read_bytes() == payload
+    assert not (bwrap_backend.scratch.root / ex.id).exists()

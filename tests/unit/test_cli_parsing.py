@@ -30,9 +30,9 @@ def test_no_verb_prints_help_and_returns_usage():
 
 
 def test_key_values_are_checked():
-    assert cli._kv(["A=1", "B=x=y"], "--env") == {"A": "1", "B": "x=y"}
+    assert cli.kv(["A=1", "B=x=y"], "--env") == {"A": "1", "B": "x=y"}
     with pytest.raises(cli.CliError, match="--env must be KEY=VALUE"):
-        cli._kv(["oops"], "--env")
+        cli.kv(["oops"], "--env")
 
 
 def test_actor_fields_from_flags():
@@ -47,7 +47,7 @@ def test_actor_fields_from_flags():
 
 def test_table_and_camel_keys():
     out = io.StringIO()
-    cli._table([{"id": "A", "executionId": "E1"}, {"id": "BB", "execution_id": "E2"}],
+    cli.table([{"id": "A", "executionId": "E1"}, {"id": "BB", "execution_id": "E2"}],
                [("id", "ID"), ("execution_id", "EXECUTION")], out)
     assert out.getvalue().splitlines() == ["ID  EXECUTION", "A   E1", "BB  E2"]
 

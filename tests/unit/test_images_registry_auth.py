@@ -106,3 +106,20 @@ def test_credentials_are_not_forwarded_on_redirect_to_another_host(clean_env: Pa
             srv.server_close()
     assert seen["registry"][-1] == "Basic " + base64.b64encode(b"u:p").decode()
     assert seen["cdn"] == [None]
+
+
+def test_loopback_registries_bypass_environment_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightabaco.sandbox.images import parse_reference
+    from lightabaco.sandbox.images.registry import RegistryClient
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    loop = RegistryClient(parse_reference("127.0.0.1:5000/x:1"))
+    remote = RegistryClient(parse_reference("quay.io/x:1"))  # nothing is contacted here
+
+    def proxies(client: RegistryClient) -> dict[str, str]:
+        import urllib.request
+        return next((h.proxies for h in client.opener.handlers if isinstance(h, urllib.request.ProxyHandler)), {})
+
+    assert proxies(loop) == {}
+    assert proxies(remote).get("https") == "http://127.0.0.1:9"

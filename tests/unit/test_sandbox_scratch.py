@@ -37,31 +37,31 @@ def test_stale_dirs_go_live_ones_stay(tmp_path):
     s = Scratch(tmp_path)
     s.ensure()
     live = s.create("live")
+    old = (time.time() - 3600, time.time() - 3600)
+    os.utime(live.path, old)
     crashed = tmp_path / "crashed"
     crashed.mkdir()
-    (crashed / ".lock").touch()
     (crashed / "sub").mkdir()
     (crashed / "sub" / "f").write_text("x")
     os.chmod(crashed / "sub", 0o500)  # read-only leftovers must not stop collection
-    fresh_no_lock = tmp_path / "starting"
-    fresh_no_lock.mkdir()
-    old_no_lock = tmp_path / "ancient"
-    old_no_lock.mkdir()
-    os.utime(old_no_lock, (time.time() - 3600, time.time() - 3600))
-    assert sorted(s.collect_stale()) == ["ancient", "crashed"]
-    assert live.path.exists() and fresh_no_lock.exists() and (tmp_path / "logs").exists()
+    os.utime(crashed, old)
+    starting = tmp_path / "starting"  # just created by someone about to lock it: left alone
+    starting.mkdir()
+    assert s.collect_stale() == ["crashed"]
+    assert live.path.exists() and starting.exists() and (tmp_path / "logs").exists()
     live.remove()
+    assert not live.path.exists()
 
 
 def test_lock_held_by_another_process_is_respected(tmp_path):
     s = Scratch(tmp_path)
     d = tmp_path / "other"
     d.mkdir()
-    (d / ".lock").touch()
+    os.utime(d, (time.time() - 3600, time.time() - 3600))
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import fcntl, sys, time; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
-         "print('locked', flush=True); time.sleep(30)", str(d / ".lock")],
+         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)", str(d)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

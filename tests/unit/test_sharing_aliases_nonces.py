@@ -186,3 +186,31 @@ def test_nonce_use_counts_are_exact_under_concurrency(sharing_env):
     assert set(refused) == {"No remaining uses left for this nonce."}
     shown = nonces.get_actor_nonce(sharing_env.services, sharing_env.owner, actor.dbid, made["id"])
     assert (shown["current_uses"], shown["remaining_uses"]) == (7, 0)
+
+
+def test_concurrent_sharing_writes_do_not_hit_database_locked(sharing_env):
+    """Read-then-write transactions take SQLite's write lock up front; concurrent writers just queue."""
+    from lightabaco.core import aliases, configs, permissions
+
+    actor = sharing_env.make_actor(sharing_env.owner)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(12)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        try:
+            aliases.create_alias(sharing_env.services, sharing_env.owner, {"alias": f"a{i}", "actor_id": actor.id})
+            configs.create_config(sharing_env.services, sharing_env.owner,
+                                  {"name": f"c{i}", "value": "v", "is_secret": "false", "actors": actor.id})
+            permissions.set_permission(permissions.ACTOR, actor.dbid, f"user{i}", "READ")
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(aliases.list_aliases(sharing_env.services, sharing_env.owner)) == 12
+    assert len(permissions.permissions_dict(permissions.ACTOR, actor.dbid)) == 13

@@ -50,13 +50,14 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _opener(insecure_tls: bool = False) -> urllib.request.OpenerDirector:
+def _opener(insecure_tls: bool = False, use_proxies: bool = True) -> urllib.request.OpenerDirector:
     ctx = ssl.create_default_context()
     if insecure_tls:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    return urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(context=ctx),
-                                       urllib.request.ProxyHandler())
+    # Environment proxies (HTTPS_PROXY, NO_PROXY) apply, except to loopback registries, as in docker.
+    proxies = urllib.request.ProxyHandler() if use_proxies else urllib.request.ProxyHandler({})
+    return urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(context=ctx), proxies)
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -119,7 +120,7 @@ class RegistryClient:
         self.username, self.password = username, password
         self._auth_header: str | None = None
         # Like docker's insecure registries: self-signed TLS is accepted too, not just plain http.
-        self.opener = _opener(insecure_tls=self.plain_http_ok)
+        self.opener = _opener(insecure_tls=self.plain_http_ok, use_proxies=not ref.is_loopback)
 
     # -- HTTP
 
