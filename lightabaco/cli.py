@@ -125,9 +125,10 @@ def cmd_actors(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     client = _client(args)
     env = kv(args.env, "--env")
-    binary = Path(args.binary).read_bytes() if args.binary else None
     if args.binary == "-":
-        binary = sys.stdin.buffer.read()
+        binary: bytes | None = sys.stdin.buffer.read()
+    else:
+        binary = Path(args.binary).read_bytes() if args.binary else None
     message: Any = args.message
     if args.json_message is not None:
         try:

@@ -160,7 +160,13 @@ def check_tools() -> list[Check]:
         checks.append(Check("busybox (sample base)", "warn", str(exc).split(":")[0],
                             "sudo apt-get install -y busybox-static"))
     if shutil.which("mmdebstrap"):
-        checks.append(Check("mmdebstrap (Python base)", "ok", shutil.which("mmdebstrap") or ""))
+        problem = subid_problem() if os.getuid() != 0 else None
+        if problem:
+            checks.append(Check("mmdebstrap (Python base)", "warn", problem,
+                                "sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER "
+                                "(or build FROM a pulled python image)"))
+        else:
+            checks.append(Check("mmdebstrap (Python base)", "ok", shutil.which("mmdebstrap") or ""))
     else:
         checks.append(Check("mmdebstrap (Python base)", "warn", "not installed: the Python samples cannot be "
                             "built offline", "sudo apt-get install -y mmdebstrap"))
@@ -169,6 +175,19 @@ def check_tools() -> list[Check]:
     checks.append(Check("python", status, f"{platform.python_implementation()} {platform.python_version()}",
                         "" if status == "ok" else "install Python 3.11 or newer"))
     return checks
+
+
+def subid_problem(subuid: str = "/etc/subuid", subgid: str = "/etc/subgid") -> str | None:
+    """Why `mmdebstrap --mode=unshare` cannot map the ids a Debian tree needs, or None if it can."""
+    import pwd
+
+    name = pwd.getpwuid(os.getuid()).pw_name
+    for path in (subuid, subgid):
+        rows = (_read(path) or "").splitlines()
+        if not any(r.split(":")[0] in (name, str(os.getuid())) for r in rows if r.count(":") == 2):
+            return (f"{path} has no range for {name}: building the offline Python base as a normal user "
+                    "(mmdebstrap --mode=unshare) needs one")
+    return None
 
 
 def check_root_home(home: Path) -> list[Check]:

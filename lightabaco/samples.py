@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .sandbox.build import BuildResult, build
+from .sandbox.containerfile import BuildError
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 Progress = Callable[[str, int, "int | None", str], None]
@@ -55,6 +56,10 @@ def build_sample(sample: Sample, store: Any, cache_dir: Path, progress: Progress
                  images_dir: Path | None = None) -> BuildResult:
     """Build one sample and tag it with all its names."""
     context = (images_dir or IMAGES_DIR) / sample.directory
+    if not context.is_dir():
+        raise BuildError(f"the sample build context {context} is missing: the samples ship with the source "
+                         "tree, so install lightabaco from a checkout (`pip install -e .`, as scripts/serve.sh "
+                         "does) or pass --no-samples")
     result = build(context, store, cache_dir=cache_dir, tag=sample.tags[0], progress=progress)
     for alias in sample.tags[1:]:
         try:

@@ -91,11 +91,11 @@ def require_alias(identity: Identity, alias: str, level: int | str) -> Any:
 
 def display(services: Any, identity: Identity, row: Any) -> dict[str, Any]:
     return {
-        "alias": row.alias,
+        "alias": row.name,
         "actor_id": row.actor_id,
         "owner": row.owner,
         "_links": {
-            "self": perms.actors_url(services, identity, "aliases", row.alias),
+            "self": perms.actors_url(services, identity, "aliases", row.name),
             "owner": perms.owner_url(services, identity, row.owner),
             "actor": perms.actors_url(services, identity, row.actor_id),
         },
@@ -122,7 +122,7 @@ def create_alias(services: Any, identity: Identity, fields: Mapping[str, Any]) -
     with write_tx():
         if Alias.select().where(Alias.key == key).exists():
             raise ValidationError(f"Alias {alias} already exists.")
-        row = Alias.create(key=key, tenant=tenant, alias=alias, actor_id=actor_id, owner=identity.username,
+        row = Alias.create(key=key, tenant=tenant, name=alias, actor_id=actor_id, owner=identity.username,
                            create_time=time.time())
         perms.delete_object(perms.ALIAS, key)  # leftovers of an earlier alias of the same name
         perms.set_permission(perms.ALIAS, key, identity.username, perms.UPDATE)
@@ -164,7 +164,7 @@ def delete_alias(services: Any, identity: Identity, alias: str) -> None:
 
     row = require_alias(identity, alias, perms.UPDATE)
     perms.delete_object(perms.ALIAS, row.key)
-    Nonce.delete().where((Nonce.tenant == row.tenant) & (Nonce.alias == row.alias)).execute()
+    Nonce.delete().where((Nonce.tenant == row.tenant) & (Nonce.alias_name == row.name)).execute()
     row.delete_instance()
 
 

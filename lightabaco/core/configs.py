@@ -213,7 +213,7 @@ def actor_configs_for(services: Any, tenant: str, actor_id: str) -> dict[str, st
     rows = list(ActorConfig.select().where(ActorConfig.tenant == tenant))
     if not rows:
         return {}
-    names = {actor_id} | {a.alias for a in Alias.select(Alias.alias)
+    names = {actor_id} | {a.name for a in Alias.select(Alias.name)
                           .where((Alias.tenant == tenant) & (Alias.actor_id == actor_id))}
     out: dict[str, str] = {}
     for row in rows:

@@ -77,8 +77,9 @@ def parse_start(start: str) -> dt.datetime | None:
     m = _START_RE.match(start.strip())
     if not m:
         return None
+    year, month, day, hour = (int(x) for x in m.groups())
     try:
-        return dt.datetime(*(int(x) for x in m.groups()))
+        return dt.datetime(year, month, day, hour)
     except ValueError:
         return None
 
@@ -94,9 +95,10 @@ def parse_abaco(schedule: str, now: float | dt.datetime, strict_500: bool = Fals
     if start.lower() == "now":
         first = current
     else:
-        first = parse_start(start)
-        if first is None:
+        parsed = parse_start(start)
+        if parsed is None:
             raise CronError(f"The starting date {start} is not in the correct format")
+        first = parsed
         if check_old and first < current:
             raise CronError(f"The starting datetime is old. The current UTC time is {current:%Y-%m-%d %H}:00:00")
     if unit.lower() not in UNITS:
@@ -201,7 +203,8 @@ def parse_cron5(expr: str) -> CronExpr:
         except ValueError as exc:
             raise CronError(f"Invalid cron expression '{expr}': bad {_FIELD_NAMES[i]} field '{part}' ({exc}). "
                             "Use five fields 'MIN HOUR DOM MON DOW' or Abaco's 'YYYY-MM-DD HH + N hours'.") from None
-    return CronExpr(*sets, dom_any=parts[2] == "*", dow_any=parts[4] == "*")
+    minutes, hours, doms, months, dows = sets
+    return CronExpr(minutes, hours, doms, months, dows, dom_any=parts[2] == "*", dow_any=parts[4] == "*")
 
 
 def is_cron5(schedule: str) -> bool:
@@ -224,11 +227,21 @@ def validate(schedule: str, now: float | dt.datetime, strict_500: bool = False) 
     return sched.start if sched.start.lower() != "now" else format_next(first)
 
 
+def revalidate(schedule: str, now: float | dt.datetime, previous_schedule: str | None,
+               previous_next_ex: str | None, strict_500: bool = False) -> str:
+    """cron_next_ex for a PUT: an unchanged schedule keeps its cadence (its start may be long past, which
+    a fresh validation would refuse as "old"); a new schedule is validated as on POST."""
+    if previous_next_ex and (schedule or "").strip() == (previous_schedule or "").strip():
+        return previous_next_ex
+    return validate(schedule, now, strict_500)
+
+
 def parse_next_ex(text: str) -> tuple[dt.datetime, bool] | None:
     """(time, minute_granularity) of a stored cron_next_ex, or None if unparsable."""
     m = _NEXT_MINUTE_RE.match(text or "")
     if m:
-        return dt.datetime(*(int(x) for x in m.groups())), True
+        year, month, day, hour, minute = (int(x) for x in m.groups())
+        return dt.datetime(year, month, day, hour, minute), True
     start = parse_start(text or "")
     return (start, False) if start else None
 

@@ -213,7 +213,8 @@ def deliver_due(services: Any, now: float | None = None, limit: int = 20,
             sender(row.url, row.payload)
         except Exception as exc:  # any failure is retried later with backoff
             attempts = row.attempts + 1
-            failed = attempts >= MAX_ATTEMPTS
+            # a URL that can never work (not http/https) is not worth retrying
+            failed = attempts >= MAX_ATTEMPTS or isinstance(exc, ValueError)
             (EventDelivery.update(attempts=attempts, last_error=str(exc)[:500],
                                   next_attempt=stamp + backoff(attempts),
                                   status="failed" if failed else "pending")
@@ -282,5 +283,6 @@ AUTO_START = True
 
 
 def ensure_delivery(services: Any) -> None:
-    if AUTO_START and _thread is None or not _thread.is_alive():
+    running = _thread is not None and _thread.is_alive()
+    if AUTO_START and not running:
         start_delivery(services)

@@ -51,23 +51,34 @@ def _parse_fields(fields: Mapping[str, Any], allowed_levels: tuple[str, ...]) ->
 
 def _create(services: Any, identity: Identity, fields: Mapping[str, Any], *, actor_dbid: str | None,
             alias: str | None, allowed: tuple[str, ...]) -> dict[str, Any]:
-    from lightabaco.ids import new_id
     from lightabaco.store.sharing import Nonce
 
     level, max_uses, description = _parse_fields(fields, allowed)
     row = Nonce.create(
-        id=f"{identity.tenant}_{new_id()}", tenant=identity.tenant, actor_dbid=actor_dbid, alias=alias,
+        id=f"{identity.tenant}_{new_nonce_hash()}", tenant=identity.tenant, actor_dbid=actor_dbid, alias_name=alias,
         owner=identity.username, roles=",".join(sorted(identity.roles)) or "user",
         api_server=perms.api_server(services, identity), level=level, max_uses=max_uses, current_uses=0,
         remaining_uses=max_uses, description=description, create_time=time.time(), last_use_time=None)
     return display(services, identity, row)
 
 
+def new_nonce_hash() -> str:
+    """A nonce id is a credential: 64 random bits, Hashids-encoded with Abaco's salt so it looks like
+    Abaco's. (Abaco encodes the time part of a uuid1, which can be guessed from the creation time.)"""
+    import secrets
+
+    from hashids import Hashids
+
+    from lightabaco.ids import SALT
+
+    return Hashids(salt=SALT).encode(secrets.randbits(64))
+
+
 def display(services: Any, identity: Identity, row: Any) -> dict[str, Any]:
     actor_id = row.actor_dbid.rsplit("_", 1)[-1] if row.actor_dbid else None
-    if row.alias:
-        self_url = perms.actors_url(services, identity, "aliases", row.alias, "nonces", row.id)
-        actor_url = perms.actors_url(services, identity, "aliases", row.alias)
+    if row.alias_name:
+        self_url = perms.actors_url(services, identity, "aliases", row.alias_name, "nonces", row.id)
+        actor_url = perms.actors_url(services, identity, "aliases", row.alias_name)
     else:
         self_url = perms.actors_url(services, identity, actor_id or "", "nonces", row.id)
         actor_url = perms.actors_url(services, identity, actor_id or "")
@@ -86,8 +97,8 @@ def display(services: Any, identity: Identity, row: Any) -> dict[str, Any]:
         "last_use_time": display_time(row.last_use_time),
         "_links": {"self": self_url, "owner": perms.owner_url(services, identity, row.owner), "actor": actor_url},
     }
-    if row.alias:
-        out["alias"] = row.alias
+    if row.alias_name:
+        out["alias"] = row.alias_name
     return out
 
 
@@ -141,14 +152,14 @@ def _require_alias_and_actor(identity: Identity, alias: str, level: int) -> Any:
 
 def create_alias_nonce(services: Any, identity: Identity, alias: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     row = _require_alias_and_actor(identity, alias, perms.UPDATE)
-    return _create(services, identity, fields, actor_dbid=None, alias=row.alias, allowed=ALIAS_LEVELS)
+    return _create(services, identity, fields, actor_dbid=None, alias=row.name, allowed=ALIAS_LEVELS)
 
 
 def list_alias_nonces(services: Any, identity: Identity, alias: str) -> list[dict[str, Any]]:
     from lightabaco.store.sharing import Nonce
 
     row = _require_alias_and_actor(identity, alias, perms.READ)
-    rows = (Nonce.select().where((Nonce.tenant == row.tenant) & (Nonce.alias == row.alias))
+    rows = (Nonce.select().where((Nonce.tenant == row.tenant) & (Nonce.alias_name == row.name))
             .order_by(Nonce.create_time))
     return [display(services, identity, r) for r in rows]
 
@@ -156,7 +167,7 @@ def list_alias_nonces(services: Any, identity: Identity, alias: str) -> list[dic
 def _alias_nonce_row(tenant: str, alias: str, nonce_id: str) -> Any:
     from lightabaco.store.sharing import Nonce
 
-    row = Nonce.get_or_none((Nonce.id == nonce_id) & (Nonce.tenant == tenant) & (Nonce.alias == alias))
+    row = Nonce.get_or_none((Nonce.id == nonce_id) & (Nonce.tenant == tenant) & (Nonce.alias_name == alias))
     if row is None:
         raise AbacoError("Nonce not found.", 400)
     return row
@@ -164,12 +175,12 @@ def _alias_nonce_row(tenant: str, alias: str, nonce_id: str) -> Any:
 
 def get_alias_nonce(services: Any, identity: Identity, alias: str, nonce_id: str) -> dict[str, Any]:
     row = _require_alias_and_actor(identity, alias, perms.READ)
-    return display(services, identity, _alias_nonce_row(row.tenant, row.alias, nonce_id))
+    return display(services, identity, _alias_nonce_row(row.tenant, row.name, nonce_id))
 
 
 def delete_alias_nonce(services: Any, identity: Identity, alias: str, nonce_id: str) -> None:
     row = _require_alias_and_actor(identity, alias, perms.UPDATE)
-    _alias_nonce_row(row.tenant, row.alias, nonce_id).delete_instance()
+    _alias_nonce_row(row.tenant, row.name, nonce_id).delete_instance()
 
 
 # -- redemption --------------------------------------------------------------------------------------
@@ -184,10 +195,9 @@ def redeem(nonce_id: str, *, actor_dbid: str | None, alias: str | None, level: i
     from lightabaco.store.sharing import Nonce
 
     row = Nonce.get_or_none(Nonce.id == nonce_id)
-    belongs = row is not None and (
-        (row.actor_dbid is not None and row.actor_dbid == actor_dbid)
-        or (row.alias is not None and alias is not None and row.alias == alias))
-    if not belongs:
+    if row is None or not (
+            (row.actor_dbid is not None and row.actor_dbid == actor_dbid)
+            or (row.alias_name is not None and alias is not None and row.alias_name == alias)):
         raise NonceError("Nonce does not exist.")
     if perms.LEVELS[row.level] < level:
         raise NonceError("Nonce does not have sufficient permissions level.")

@@ -142,7 +142,7 @@ def on_actor_deleted(services: Any, actor: Any) -> None:
     Nonce.delete().where(Nonce.actor_dbid == key).execute()
     for alias in Alias.select().where((Alias.tenant == tenant) & (Alias.actor_id == actor_id)):
         delete_object(ALIAS, alias.key)
-        Nonce.delete().where((Nonce.tenant == tenant) & (Nonce.alias == alias.alias)).execute()
+        Nonce.delete().where((Nonce.tenant == tenant) & (Nonce.alias_name == alias.name)).execute()
         alias.delete_instance()
 
 

@@ -63,6 +63,9 @@ def resource_segments(path: str) -> list[str] | None:
 
 
 def required_nonce_level(method: str, segs: list[str]) -> int:
+    # Listing nonces would hand a READ nonce the ids of stronger nonces: nonce endpoints need UPDATE.
+    if "nonces" in segs:
+        return permissions.UPDATE
     if method in ("GET", "HEAD"):
         return permissions.READ
     if method == "POST" and segs and segs[-1] == "messages":

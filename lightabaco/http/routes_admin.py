@@ -3,6 +3,8 @@ POST /actors/admin/cron (run a cron pass now) and /actors/admin/users (issue, li
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -14,34 +16,34 @@ from lightabaco.http.parsing import merged_fields
 
 
 async def utilization(request: Request) -> Response:
-    result = await call(admin.utilization, services_of(request), identity_of(request))
+    result: Any = await call(admin.utilization, services_of(request), identity_of(request))
     return ok(result, "Abaco utilization retrieved successfully.")  # always camel, as in Abaco
 
 
 async def admin_actors(request: Request) -> Response:
-    result = await call(admin.all_actors, services_of(request), identity_of(request))
+    result: Any = await call(admin.all_actors, services_of(request), identity_of(request))
     return respond(request, result, "Actors retrieved successfully.")
 
 
 async def admin_workers(request: Request) -> Response:
-    result = await call(admin.workers_summary, services_of(request), identity_of(request))
+    result: Any = await call(admin.workers_summary, services_of(request), identity_of(request))
     return ok(result, "Workers retrieved successfully.")
 
 
 async def admin_executions(request: Request) -> Response:
-    result = await call(admin.executions_summary, services_of(request), identity_of(request))
+    result: Any = await call(admin.executions_summary, services_of(request), identity_of(request))
     return ok(result, "Executions retrieved successfully.")
 
 
 async def admin_cron(request: Request) -> Response:
-    result = await call(admin.run_cron, services_of(request), identity_of(request))
+    result: Any = await call(admin.run_cron, services_of(request), identity_of(request))
     return ok(result, "Cron pass completed.")
 
 
 async def admin_users(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     if request.method == "GET":
-        result = await call(admin.list_users, services, identity)
+        result: Any = await call(admin.list_users, services, identity)
         return ok(result, "Users retrieved successfully.")
     fields, _ = await merged_fields(request, services.settings.max_body_bytes)
     result = await call(admin.add_user, services, identity, fields)
@@ -53,7 +55,7 @@ async def admin_user(request: Request) -> Response:
     username = request.path_params["username"]
     tenant = request.query_params.get("tenant")
     if request.method == "POST":  # a new token; the old one stops working
-        result = await call(admin.reissue_token, services, identity, username, tenant)
+        result: Any = await call(admin.reissue_token, services, identity, username, tenant)
         return ok(result, "New token issued; earlier tokens of this user no longer work.")
     await call(admin.revoke_user, services, identity, username, tenant)
     return ok(None, "User revoked; their tokens no longer work.")

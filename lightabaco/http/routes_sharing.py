@@ -41,7 +41,7 @@ async def actor_permissions(request: Request) -> Response:
     identifier = request.path_params["actor_id"]
     # usernames are keys here: never case-converted
     if request.method == "GET":
-        result = await call(_actor_permissions, services, identity, identifier)
+        result: Any = await call(_actor_permissions, services, identity, identifier)
         return ok(result, "Permissions retrieved successfully.")
     fields = await _fields(request)
     result = await call(_set_actor_permission, services, identity, identifier, fields)
@@ -59,7 +59,7 @@ async def actor_nonces(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     dbid = await call(_actor_dbid, services, identity, request.path_params["actor_id"])
     if request.method == "GET":
-        result = await call(nonces.list_actor_nonces, services, identity, dbid)
+        result: Any = await call(nonces.list_actor_nonces, services, identity, dbid)
         return respond(request, result, "Actor nonces retrieved successfully.")
     fields = await _fields(request)
     result = await call(nonces.create_actor_nonce, services, identity, dbid, fields)
@@ -71,7 +71,7 @@ async def actor_nonce(request: Request) -> Response:
     dbid = await call(_actor_dbid, services, identity, request.path_params["actor_id"])
     nonce_id = request.path_params["nonce_id"]
     if request.method == "GET":
-        result = await call(nonces.get_actor_nonce, services, identity, dbid, nonce_id)
+        result: Any = await call(nonces.get_actor_nonce, services, identity, dbid, nonce_id)
         return respond(request, result, "Actor nonce retrieved successfully.")
     await call(nonces.delete_actor_nonce, services, identity, dbid, nonce_id)
     return ok(None, "Actor nonce deleted successfully.")
@@ -83,7 +83,7 @@ async def actor_nonce(request: Request) -> Response:
 async def alias_collection(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     if request.method == "GET":
-        result = await call(aliases.list_aliases, services, identity)
+        result: Any = await call(aliases.list_aliases, services, identity)
         return respond(request, result, "Aliases retrieved successfully.")
     fields = await _fields(request)
     result = await call(aliases.create_alias, services, identity, fields)
@@ -94,7 +94,7 @@ async def alias_item(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     alias = request.path_params["alias"]
     if request.method == "GET":
-        result = await call(aliases.get_alias, services, identity, alias)
+        result: Any = await call(aliases.get_alias, services, identity, alias)
         return respond(request, result, "Alias retrieved successfully.")
     if request.method == "PUT":
         fields = await _fields(request)
@@ -108,7 +108,7 @@ async def alias_permissions(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     alias = request.path_params["alias"]
     if request.method == "GET":
-        result = await call(aliases.alias_permissions, services, identity, alias)
+        result: Any = await call(aliases.alias_permissions, services, identity, alias)
         return ok(result, "Permissions retrieved successfully.")
     fields = await _fields(request)
     result = await call(aliases.set_alias_permission, services, identity, alias, fields)
@@ -119,7 +119,7 @@ async def alias_nonces(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     alias = request.path_params["alias"]
     if request.method == "GET":
-        result = await call(nonces.list_alias_nonces, services, identity, alias)
+        result: Any = await call(nonces.list_alias_nonces, services, identity, alias)
         return respond(request, result, "Alias nonces retrieved successfully.")
     fields = await _fields(request)
     result = await call(nonces.create_alias_nonce, services, identity, alias, fields)
@@ -130,7 +130,7 @@ async def alias_nonce(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     alias, nonce_id = request.path_params["alias"], request.path_params["nonce_id"]
     if request.method == "GET":
-        result = await call(nonces.get_alias_nonce, services, identity, alias, nonce_id)
+        result: Any = await call(nonces.get_alias_nonce, services, identity, alias, nonce_id)
         return respond(request, result, "Alias nonce retrieved successfully.")
     await call(nonces.delete_alias_nonce, services, identity, alias, nonce_id)
     return ok(None, "Alias nonce deleted successfully.")
@@ -142,7 +142,7 @@ async def alias_nonce(request: Request) -> Response:
 async def config_collection(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     if request.method == "GET":
-        result = await call(configs.list_configs, services, identity)
+        result: Any = await call(configs.list_configs, services, identity)
         return respond(request, result, "Configs retrieved successfully.")
     fields = await _fields(request)
     result = await call(configs.create_config, services, identity, fields)
@@ -153,7 +153,7 @@ async def config_item(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     name = request.path_params["config_name"]
     if request.method == "GET":
-        result = await call(configs.get_config, services, identity, name)
+        result: Any = await call(configs.get_config, services, identity, name)
         return respond(request, result, "Config retrieved successfully.")
     if request.method == "PUT":
         fields = await _fields(request)
@@ -167,7 +167,7 @@ async def config_permissions(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     name = request.path_params["config_name"]
     if request.method == "GET":
-        result = await call(configs.config_permissions, services, identity, name)
+        result: Any = await call(configs.config_permissions, services, identity, name)
         return ok(result, "Permissions retrieved successfully.")
     fields = await _fields(request)
     result = await call(configs.set_config_permission, services, identity, name, fields)

@@ -57,6 +57,9 @@ def probe_all() -> list[ProbeReport]:
 
 def run(backend: SandboxBackend, spec: ExecSpec) -> ExecResult:
     """Start and wait: the convenience for callers that do not need the Execution handle."""
+    blocking_run = getattr(backend, "run", None)
+    if blocking_run is not None:
+        return blocking_run(spec)
     result = backend.start(spec).wait()
     assert result is not None
     return result

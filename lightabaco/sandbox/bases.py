@@ -131,7 +131,13 @@ def _publish(tmp: Path, dest: Path) -> Path:
 
 
 def host_mirror(sources: list[Path] | None = None) -> tuple[str, str]:
-    """(mirror URL, suite) of the host's main Debian/Ubuntu archive, read from its apt sources.
+    """(mirror URL, suite) of the host's main Debian/Ubuntu archive, read from its apt sources."""
+    uri, suite, _ = host_archive(sources)
+    return uri, suite
+
+
+def host_archive(sources: list[Path] | None = None) -> tuple[str, str, list[str]]:
+    """(mirror URL, suite, components) of the host's main Debian/Ubuntu archive, from its apt sources.
 
     Read at run time rather than written anywhere: the mirror is whatever this host already uses.
     """
@@ -149,18 +155,20 @@ def host_mirror(sources: list[Path] | None = None) -> tuple[str, str]:
                 for uri in fields.get("URIs", "").split():
                     suites = [s for s in fields.get("Suites", "").split() if not re.search(r"-(security|updates|backports)$", s)]
                     if suites and "security" not in uri:
-                        return uri, suites[0]
+                        return uri, suites[0], fields.get("Components", "main").split()
         for line in text.splitlines():
             words = re.sub(r"\[[^]]*\]", "", line).split()
             if len(words) >= 3 and words[0] == "deb" and "security" not in words[1] \
                     and not re.search(r"-(security|updates|backports)$", words[2]):
-                return words[1], words[2]
+                return words[1], words[2], words[3:] or ["main"]
     raise BuildError("cannot find a Debian/Ubuntu mirror in /etc/apt/sources.list*: the offline Python base "
                      "needs one (or build FROM an image you pulled, e.g. python:3.12-slim)")
 
 
 def _mmdebstrap_tar(cache_dir: Path, progress: Progress | None) -> Path:
-    mirror, suite = host_mirror()
+    mirror, suite, components = host_archive()
+    # Ubuntu keeps python3-cloudpickle in universe: use the components the host itself enables.
+    components = [c for c in components if c in ("main", "universe", "contrib", "non-free")] or ["main"]
     key = hashlib.sha256(json.dumps([BASES_VERSION, mirror, suite, PYTHON_PACKAGES]).encode()).hexdigest()[:16]
     out = _mkdir(cache_dir / "bases") / f"debian-{suite}-{key}.tar"
     if out.exists():
@@ -176,7 +184,7 @@ def _mmdebstrap_tar(cache_dir: Path, progress: Progress | None) -> Path:
             "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
             "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
             "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*",
-            "--skip=output/dev", "--format=tar", suite, str(tmp), mirror]
+            "--skip=output/dev", "--format=tar", "--components=" + ",".join(components), suite, str(tmp), mirror]
     if progress:
         progress("base", 0, None, f"mmdebstrap {suite} + {' '.join(PYTHON_PACKAGES)} (about half a minute)")
     started = time.monotonic()

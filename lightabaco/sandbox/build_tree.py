@@ -149,9 +149,10 @@ def unpack_layers(layout: Path, root: Path) -> None:
     # Only layouts this module wrote (built-in bases, flattened store images): trusted, no whiteouts.
     _, layers, _ = read_layout(layout)
     for layer in layers:
-        argv = ["tar", "-xf", str(layer.blob), "-C", str(root), "--numeric-owner"]
+        # -p keeps modes exactly (a sticky, world-writable /tmp stays so) also when not root.
+        argv = ["tar", "-xpf", str(layer.blob), "-C", str(root), "--numeric-owner"]
         if os.getuid() != 0:
-            argv += ["--no-same-owner", "--no-same-permissions"]
+            argv += ["--no-same-owner"]
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             raise BuildError(f"cannot lay out base layer {layer.diff_id[:19]}: {proc.stderr.strip()[:300]}")

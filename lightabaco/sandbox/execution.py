@@ -31,7 +31,9 @@ from .outcome import Outcome, describe
 log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_S = 0.05  # how often a running sandbox's process count and memory are checked
-DEFAULT_MAX_PROCS = 512  # process-count watchdog threshold when Limits.pids is not set
+# Per-sandbox task limit when Limits.pids is not set: RLIMIT_NPROC inside the sandbox's user
+# namespace (counts threads too) and the watchdog's process-count threshold.
+DEFAULT_MAX_PROCS = 1024
 KILL_ESCALATE_S = 2.0  # after SIGKILL of sandbox pid 1, kill the runtime itself if still alive
 LOG_DRAIN_S = 2.0  # how long to keep reading the log pipe after the runtime exited
 
@@ -70,8 +72,12 @@ class MonitoredExecution:
         self._kill_requested: float | None = None  # grace seconds of a pending kill() call
         self.proc: subprocess.Popen[bytes] | None = None
         self.child_pid: int | None = None  # host pid of the sandbox's pid 1, once known
-        self.outcome = Outcome()
+        self.outcome = Outcome(proc_cap=max_procs)
         self._snapshot: procstats.TreeSnapshot | None = None
+        # Max VmHWM of the sandbox's processes, sampled by the watchdog. Preferred over wait4's
+        # ru_maxrss, which also counts the runtime's pre-exec image (the forked or vforked
+        # Python: 10-30 MB) and so says nothing about a small actor.
+        self._peak_rss_kb = 0
         self._hard_killed_at: float | None = None
         self._term_deadline: float | None = None
         self._thread = threading.Thread(target=self._main, name=f"sandbox-{self.id}", daemon=True)
@@ -80,6 +86,19 @@ class MonitoredExecution:
 
     def start(self) -> None:
         self._thread.start()
+
+    def run_here(self) -> ExecResult:
+        """Monitor from the calling thread until the end (for a blocking run())."""
+        try:
+            self._main()
+        except BaseException:  # KeyboardInterrupt/SystemExit in the caller's thread
+            if not self._done.is_set():
+                self._kill_quietly()
+                self._cleanup()
+                self._done.set()
+            raise
+        assert self._result is not None
+        return self._result
 
     def wait(self, timeout: float | None = None) -> ExecResult | None:
         self._done.wait(timeout)
@@ -276,7 +295,8 @@ class MonitoredExecution:
             return
         limits = self.spec.limits
         pids = procstats.tree_pids(self.child_pid, limit=self._max_procs)
-        if len(pids) > self._max_procs:
+        self._peak_rss_kb = max(self._peak_rss_kb, procstats.peak_rss_kb(pids[:64]))
+        if len(pids) >= self._max_procs:  # at the limit: RLIMIT_NPROC keeps it from going over
             self.outcome.proc_limit = self._max_procs
             self._terminate(0.0)
             return
@@ -302,6 +322,7 @@ class MonitoredExecution:
         if self.child_pid is not None:
             # Keep the cpu of processes the pid-namespace teardown will reap behind our back.
             self._snapshot = procstats.snapshot(self.child_pid)
+            self._peak_rss_kb = max(self._peak_rss_kb, procstats.peak_rss_kb(self._snapshot.pids[:64]))
         self._kill_sandbox()
         self._hard_killed_at = time.monotonic()
 
@@ -340,6 +361,8 @@ class MonitoredExecution:
         if extra is not None and extra[0] > cpu_ns:
             cpu_ns, source = extra
         io = {k: int(io.get(k, 0)) for k in procstats.IO_KEYS}
+        if self._peak_rss_kb:
+            max_rss = self._peak_rss_kb
         if self._snapshot is not None:
             cpu_ns = max(cpu_ns, self._snapshot.cpu_ns)
             io = {k: max(io[k], self._snapshot.io[k]) for k in procstats.IO_KEYS}

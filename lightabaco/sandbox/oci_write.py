@@ -66,9 +66,11 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _owner(uid: int) -> int:
+def _owner(uid: int, gid: int) -> tuple[int, int]:
     # Rootless builds own every file as the building user; inside the image that user is root.
-    return 0 if os.getuid() != 0 and uid == os.getuid() else uid
+    if os.getuid() == 0:
+        return uid, gid
+    return (0 if uid == os.getuid() else uid), (0 if gid == os.getgid() else gid)
 
 
 def write_layer(root: Path, paths: Iterable[str], deleted: Iterable[str], out: Path,
@@ -88,7 +90,7 @@ def write_layer(root: Path, paths: Iterable[str], deleted: Iterable[str], out: P
             if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                 continue  # runtime artefacts and device nodes never belong in a layer
             info = tar.gettarinfo(str(full), arcname=rel)
-            info.uid, info.gid = owners.get(rel) or (_owner(info.uid), _owner(info.gid))
+            info.uid, info.gid = owners.get(rel) or _owner(info.uid, info.gid)
             info.uname = info.gname = ""
             if info.isreg():
                 with open(full, "rb") as handle:

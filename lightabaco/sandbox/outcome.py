@@ -9,6 +9,9 @@ from .types import ExecSpec
 
 # What a process prints when an allocation fails under RLIMIT_DATA: Python, glibc/strerror, Go, Java.
 _OOM_HINTS = (b"MemoryError", b"Cannot allocate memory", b"out of memory", b"OutOfMemoryError")
+# ... and when fork() fails under RLIMIT_NPROC: busy box sh, bash, Python.
+_NPROC_HINTS = (b"can't fork", b"fork: retry", b"fork: Resource temporarily unavailable",
+                b"BlockingIOError: [Errno 11]")
 
 
 @dataclass
@@ -18,7 +21,8 @@ class Outcome:
     ending: bool = False  # a kill is under way; no further limit checks
     timed_out: bool = False
     killed: bool = False  # Execution.kill()
-    proc_limit: int | None = None  # watchdog: more processes than this
+    proc_limit: int | None = None  # watchdog: stopped at this many processes
+    proc_cap: int | None = None  # the process limit in force (for explaining failed forks)
     memory_exceeded: int | None = None  # watchdog: tree rss in bytes when it was stopped
     spawn_error: str | None = None  # the runtime binary itself could not be started
     internal_error: str | None = None
@@ -74,8 +78,8 @@ def describe(spec: ExecSpec, o: Outcome, *, exit_code: int | None, failure: str 
     elif o.timed_out:
         reason = f"killed after {limits.wall_timeout_s:g} s wall-clock limit"
     elif o.proc_limit is not None:
-        reason = (f"killed: it ran more than {o.proc_limit} processes at once "
-                  "(process limit; a fork bomb?)")
+        reason = (f"killed: it reached its limit of {o.proc_limit} processes "
+                  "(a fork bomb?)")
     elif o.memory_exceeded is not None:
         reason = (f"killed: its processes used {_mib(o.memory_exceeded)} of memory, over the "
                   f"{_mib(limits.memory_bytes or 0)} limit")
@@ -89,6 +93,9 @@ def describe(spec: ExecSpec, o: Outcome, *, exit_code: int | None, failure: str 
     elif exit_code and limits.memory_bytes and any(h in log_tail for h in _OOM_HINTS):
         reason = (f"exited with status {exit_code} after running out of memory "
                   f"(limit {_mib(limits.memory_bytes)} per process)")
+    elif exit_code and o.proc_cap and any(h in log_tail for h in _NPROC_HINTS):
+        reason = (f"exited with status {exit_code} after a fork failed at its limit of "
+                  f"{o.proc_cap} processes")
     else:
         reason = f"exited with status {exit_code}"
     return Described(exit_code, sig, failure, reason)

@@ -232,11 +232,17 @@ class PodmanBackend:
             return self._probe
 
     def run(self, spec: ExecSpec) -> ExecResult:
-        result = self.start(spec).wait()
-        assert result is not None
-        return result
+        """Start and wait, monitoring from the calling thread (one thread hand-off less than
+        start().wait(); the caller's thread is blocked here, so it outlives the sandbox)."""
+        return self._prepare(spec).run_here()
 
     def start(self, spec: ExecSpec) -> PodmanExecution:
+        """Prepare the host side (raises ExecutionSetupError) and start the sandbox (non-blocking)."""
+        ex = self._prepare(spec)
+        ex.start()
+        return ex
+
+    def _prepare(self, spec: ExecSpec) -> PodmanExecution:
         report = self.probe()
         if not report.usable:
             raise BackendUnavailable("podman cannot run sandboxes here: " + "; ".join(report.reasons))
@@ -273,7 +279,6 @@ class PodmanBackend:
         ex = PodmanExecution(spec, exec_dir, plan, logs, results, spec.limits.pids or self.max_procs,
                              podman=self.podman, env=plan.env, runtime=runtime,
                              cidfile=exec_dir.path / "cid")
-        ex.start()
         return ex
 
     def _argv(self, spec: ExecSpec, runtime: str, uid: int, gid: int, env: dict[str, str],

@@ -54,9 +54,10 @@ def cgroup_notes() -> tuple[list[str], dict[str, bool]]:
                                   else "cgroup v1")
     notes.append(
         f"{mode}{' with pids' if has_pids else ' without a pids controller on v2'}: no delegated cgroup "
-        "for per-execution limits, so the process count is enforced by a watchdog (kills a sandbox "
-        "above its process limit within about 50 ms), memory by RLIMIT_DATA per process plus the "
-        "watchdog, cpu by RLIMIT_CPU per process and the wall-clock timeout"
+        "for per-execution limits, so processes are limited by RLIMIT_NPROC inside each sandbox's "
+        "user namespace (per sandbox) plus a watchdog that ends a sandbox at its limit, memory by "
+        "RLIMIT_DATA per process plus the watchdog, cpu by RLIMIT_CPU per process and the "
+        "wall-clock timeout"
     )
     return notes, features
 

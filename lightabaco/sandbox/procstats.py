@@ -117,6 +117,20 @@ def rss_of(pids: list[int]) -> int:
     return rss
 
 
+def peak_rss_kb(pids: list[int]) -> int:
+    """The largest resident-memory high-water mark (VmHWM) among these processes, in KiB."""
+    peak = 0
+    for pid in pids:
+        text = _read(f"/proc/{pid}/status")
+        if not text:
+            continue
+        for line in text.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]))
+                break
+    return peak
+
+
 def reap(pid: int) -> tuple[int, object, dict[str, int]]:
     """wait4(pid) and the io the child (with everything it reaped) did, as a /proc/self/io delta."""
     with _REAP_LOCK:

@@ -50,7 +50,8 @@ class Nonce(SharingModel):
     id = peewee.CharField(primary_key=True)  # {tenant}_{hashid}
     tenant = peewee.CharField()
     actor_dbid = peewee.CharField(null=True, index=True)  # actor nonces
-    alias = peewee.CharField(null=True, index=True)  # alias nonces (the alias name, not its key)
+    # alias nonces: the alias name, not its key (not called `alias`: that is peewee's Model.alias())
+    alias_name = peewee.CharField(null=True, index=True, column_name="alias")
     owner = peewee.CharField()
     roles = peewee.CharField(default="")  # the creator's roles when the nonce was made
     api_server = peewee.CharField(default="")
@@ -69,7 +70,7 @@ class Nonce(SharingModel):
 class Alias(SharingModel):
     key = peewee.CharField(primary_key=True)  # {tenant}_{alias}
     tenant = peewee.CharField()
-    alias = peewee.CharField()
+    name = peewee.CharField(column_name="alias")  # the alias itself
     actor_id = peewee.CharField(index=True)  # display id of the target actor
     owner = peewee.CharField()
     create_time = peewee.FloatField()

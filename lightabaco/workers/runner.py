@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TRUNCATION_MARKER = " LOG LIMIT EXCEEDED; this execution log was TRUNCATED!"
 FORCE_QUIT_GRACE_S = 2.0
+_ANY_WAITING_SQL = 'SELECT 1 FROM "message" WHERE "actor_dbid" = ? AND "lease_owner" IS NULL LIMIT 1'
 # Acknowledge: delete the message, but only while this worker still holds its lease.
 _ACK_SQL = 'DELETE FROM "message" WHERE "id" = ? AND "lease_owner" = ?'
 
@@ -39,6 +40,9 @@ def claim_next(worker_id: str, actor_dbid: str, revision: int, lease_s: float,
     Returns None when there is nothing to do, or when this worker must not take messages any more
     (its actor is gone, in another revision, or being deleted); the caller checks `should_stop`.
     """
+    # A read first: idle workers woken together must not all queue for the write lock for nothing.
+    if database.execute_sql(_ANY_WAITING_SQL, (actor_dbid,)).fetchone() is None:
+        return None
     now = time.time()
     with write_tx():
         actor = fast.get_one(Actor, "dbid", actor_dbid)

@@ -38,6 +38,7 @@ EXIT_BACKEND = 4  # no usable sandbox backend on this host
 MAX_START_FAILURES = 5  # consecutive sandbox start failures before the actor goes to ERROR
 HEARTBEAT_S = 10.0
 IDLE_WAIT_S = 1.0
+STOP_CHECK_S = 0.5
 
 
 def die_with_parent() -> None:
@@ -128,11 +129,17 @@ class WorkerProcess:
             self.become_ready()
             runner = Runner(self.services, self.worker_id, image, bell, self.log_dir)
             failures = 0
-            last_beat = time.monotonic()
+            last_beat = last_check = time.monotonic()
             while not self.stopping:
                 rings = bell.drain()
-                if b"stop" in rings or runner.stop_requested or self.should_stop():
+                if b"stop" in rings or runner.stop_requested:
                     break
+                # The claim itself refuses work for a stale revision or a deleted actor; the full check
+                # (our own row asked to stop) runs at most every STOP_CHECK_S between executions.
+                if time.monotonic() - last_check >= STOP_CHECK_S:
+                    last_check = time.monotonic()
+                    if self.should_stop():
+                        break
                 got = claim_next(self.worker_id, self.actor_dbid, self.revision, self.settings.lease_s,
                                  self.log_dir)
                 if got is not None:
@@ -152,6 +159,8 @@ class WorkerProcess:
                     last_beat = time.monotonic()
                     self.set_status("READY", last_health_check_time=time.time())
                 if b"stop" in bell.wait(IDLE_WAIT_S):
+                    break
+                if self.should_stop():  # idle: nothing claimable, maybe because we are stale
                     break
             return EXIT_OK
         finally:

@@ -36,7 +36,20 @@ while ex.child_pid is None and ex.poll() is None:
 status = Path(f"/proc/{ex.child_pid}/status").read_text()
 limits = Path(f"/proc/{ex.child_pid}/limits").read_text()
 res = ex.wait(20)
+# A per-sandbox process limit, although this host user already runs more processes than that.
+import subprocess
+host_sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(40)]
+try:
+    forks = backend.run(ExecSpec(image=image, cmd=["/bin/sh", "-c",
+        "i=0; while [ $i -lt 200 ]; do sleep 10 & i=$((i+1)); echo $i; done"],
+        limits=Limits(wall_timeout_s=20, pids=30)))
+finally:
+    for p in host_sleepers:
+        p.kill()
+        p.wait()
 print(json.dumps({
+    "fork_reason": forks.reason,
+    "fork_count": max([int(w) for w in Path(forks.log_path).read_text().split() if w.isdigit()] or [0]),
     "backend": backend.name, "exit_code": res.exit_code, "log": Path(res.log_path).read_text(),
     "uid_line": next(l for l in status.splitlines() if l.startswith("Uid:")),
     "nofile": next(l for l in limits.splitlines() if l.startswith("Max open files")),
@@ -74,3 +87,5 @@ def test_sandbox_runs_as_an_ordinary_user(unprivileged_user, busybox_rootfs, san
     assert out["nofile"].split()[3:5] == ["64", "64"]
     assert out["cpu"].split()[3:5] == ["5", "5"]
     assert out["scratch_left"] == ["logs"]
+    assert "limit of 30 processes" in out["fork_reason"], out["fork_reason"]
+    assert 5 <= int(out["fork_count"]) < 30  # per sandbox, not per host user (40 host sleepers)

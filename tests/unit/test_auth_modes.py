@@ -87,3 +87,30 @@ def test_token_cli(sharing_env):
     out = io.StringIO()
     assert users_cli.token_main(["--rotate"], sharing_env.home, out) == 0
     assert out.getvalue().strip() != first
+
+
+def test_resource_segments_and_nonce_levels():
+    from lightabaco.http.auth import required_nonce_level, resource_segments
+
+    assert resource_segments("/v3/actors/abc/messages") == ["abc", "messages"]
+    assert resource_segments("/actors/v2/abc") == ["abc"]
+    assert resource_segments("//actors//aliases/jane/") == ["aliases", "jane"]
+    assert resource_segments("/metrics") is None
+    assert required_nonce_level("GET", ["abc"]) == 1
+    assert required_nonce_level("POST", ["abc", "messages"]) == 2
+    assert required_nonce_level("DELETE", ["abc", "messages"]) == 3
+    assert required_nonce_level("PUT", ["abc"]) == 3
+    assert required_nonce_level("GET", ["abc", "nonces"]) == 3
+
+
+def test_nonces_do_not_open_other_paths(sharing_client):
+    c, h = sharing_client.client, sharing_client.h
+    aid = sharing_client.create_actor("owner")
+    nid = c.post(f"/actors/{aid}/nonces", headers=h("owner")).json()["result"]["id"]
+    for path in ("/actors", "/actors/configs", "/actors/admin", "/actors/utilization"):
+        r = c.get(f"{path}?x-nonce={nid}")
+        assert r.status_code == 400 and "x-nonce can only be used" in r.json()["message"], path
+    r = c.get("/actors/nonexistent-alias?x-nonce=" + nid)
+    assert r.status_code == 400 and r.json()["message"] == "Nonce does not exist."
+    r = c.get(f"/actors/{aid}?x-nonce=garbage")
+    assert r.status_code == 400 and r.json()["message"] == "Nonce does not exist."

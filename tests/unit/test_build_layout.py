@@ -141,3 +141,25 @@ def test_diff_reports_minimal_deletions(tmp_path: Path):
     (root / "new").write_text("n")
     changed, deleted = diff(before, snapshot(root))
     assert changed == ["new"] and deleted == ["a"]
+
+
+def test_add_extracts_local_archives_and_copies_other_files(tmp_path: Path):
+    ctx = _context(tmp_path, "FROM scratch\nADD bundle.tar.gz /opt/\nADD plain.txt /opt/plain.txt\n",
+                   {"plain.txt": "p"})
+    payload = tmp_path / "payload"
+    (payload / "pkg").mkdir(parents=True)
+    (payload / "pkg" / "mod.py").write_text("x = 1\n")
+    with tarfile.open(ctx / "bundle.tar.gz", "w:gz") as tar:
+        tar.add(payload / "pkg", arcname="pkg")
+    build_layout(ctx, tmp_path / "o", NoStore(), tmp_path / "cache", network="none")
+    top = _members(read_layout(tmp_path / "o")[1][-1].blob)
+    assert {"opt/pkg/mod.py", "opt/plain.txt"} <= set(top) and "opt/bundle.tar.gz" not in top
+
+
+def test_run_as_the_image_user(tmp_path: Path):
+    if not shutil.which("bwrap"):
+        pytest.skip("bubblewrap is not installed")
+    ctx = _context(tmp_path, "FROM lightabaco/busybox\nUSER app\nRUN id -u > /tmp/uid && echo $HOME > /tmp/home\n")
+    build_layout(ctx, tmp_path / "o", NoStore(), tmp_path / "cache", network="none")
+    with tarfile.open(read_layout(tmp_path / "o")[1][-1].blob) as tar:
+        assert tar.extractfile("tmp/uid").read() == b"1000\n"

@@ -57,3 +57,16 @@ def test_root_home_under_root_dir_is_unreachable(monkeypatch, tmp_path: Path):
     private.mkdir(mode=0o700)
     checks = doctor.check_root_home(private / "home")
     assert checks[0].status == "fail" and "--home /var/lib/lightabaco" in checks[0].fix
+
+
+def test_missing_subordinate_ids_are_explained(tmp_path: Path):
+    import pwd
+    import os
+
+    name = pwd.getpwuid(os.getuid()).pw_name
+    subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
+    subuid.write_text(f"{name}:100000:65536\n")
+    subgid.write_text("someone-else:100000:65536\n")
+    assert "subgid has no range for" in doctor.subid_problem(str(subuid), str(subgid))
+    subgid.write_text(f"{os.getuid()}:100000:65536\n")
+    assert doctor.subid_problem(str(subuid), str(subgid)) is None

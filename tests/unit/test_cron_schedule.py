@@ -109,3 +109,10 @@ def test_cron5_errors_name_the_field(expr):
 def test_cron5_impossible_date():
     with pytest.raises(AbacoError, match="never matches"):
         cron.validate("0 0 30 2 *", NOW)
+
+
+def test_put_with_an_unchanged_old_schedule_keeps_its_cadence():
+    assert cron.revalidate("2026-11-01 01 + 6 hours", NOW, "2026-11-01 01 + 6 hours", "2026-11-28 7") == "2026-11-28 7"
+    with pytest.raises(AbacoError, match="old"):
+        cron.revalidate("2026-11-01 01 + 6 hours", NOW, "2026-11-01 01 + 1 day", "2026-11-28 1")
+    assert cron.revalidate("now + 1 day", NOW, None, None) == "2026-11-28 4"

@@ -33,7 +33,7 @@ def test_limits_and_kills():
         "killed after 2.5 s wall-clock limit"
     r = d(Outcome(ending=True, killed=True, timed_out=True), exit_code=137)
     assert r.reason.startswith("force-quit") and r.signal == 9
-    assert "more than 64 processes" in d(Outcome(proc_limit=64), exit_code=137).reason
+    assert "limit of 64 processes" in d(Outcome(proc_limit=64), exit_code=137).reason
     assert "over the 100 MiB limit" in d(Outcome(memory_exceeded=200 << 20), exit_code=137,
                                          memory_bytes=100 << 20).reason
     assert d(exit_code=137, cpu_ns=int(2e9), cpu_seconds=2).reason == \
@@ -42,6 +42,8 @@ def test_limits_and_kills():
     oom = d(exit_code=1, tail=b"Traceback...\nMemoryError\n", memory_bytes=64 << 20)
     assert "running out of memory" in oom.reason and "64 MiB" in oom.reason
     assert d(exit_code=1, tail=b"MemoryError").reason == "exited with status 1"  # no limit set
+    forked = d(Outcome(proc_cap=30), exit_code=2, tail=b"/bin/sh: can't fork: Resource temporarily")
+    assert forked.reason == "exited with status 2 after a fork failed at its limit of 30 processes"
 
 
 def test_failures_name_the_fix():

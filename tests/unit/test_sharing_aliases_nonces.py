@@ -108,6 +108,9 @@ def test_actor_nonce_defaults_and_redemption(sharing_client):
     assert r.status_code == 400 and r.json()["message"] == "Nonce does not exist."
     r = c.get(f"/actors/search/actors?x-nonce={nid}")
     assert r.status_code == 404 and "does not resolve" in r.json()["message"]
+    # a nonce cannot reveal other (possibly stronger) nonces
+    r = c.get(f"/actors/{aid}/nonces?x-nonce={nid}")
+    assert r.status_code == 400 and r.json()["message"] == "Nonce does not have sufficient permissions level."
     assert c.put(f"/actors/{aid}/nonces", headers=h("owner")).status_code == 405
     assert c.post(f"/actors/{aid}/nonces/{nid}", headers=h("owner")).status_code == 405
     res(c.delete(f"/actors/{aid}/nonces/{nid}", headers=h("owner")))
@@ -214,3 +217,10 @@ def test_concurrent_sharing_writes_do_not_hit_database_locked(sharing_env):
     assert errors == []
     assert len(aliases.list_aliases(sharing_env.services, sharing_env.owner)) == 12
     assert len(permissions.permissions_dict(permissions.ACTOR, actor.dbid)) == 13
+
+
+def test_nonce_ids_are_random_hashids():
+    from lightabaco.ids import is_hashid
+
+    made = {nonces.new_nonce_hash() for _ in range(200)}
+    assert len(made) == 200 and all(is_hashid(h) and "_" not in h for h in made)

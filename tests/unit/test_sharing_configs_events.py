@@ -205,3 +205,11 @@ def test_delivery_thread_sends_soon_after_emit(sharing_env, receiver):
     finally:
         thread.stop()
     assert [e["event_type"] for e in _Receiver.received] == ["ACTOR_READY"]
+
+
+def test_webhook_with_a_non_http_url_fails_at_once(sharing_env):
+    actor = sharing_env.make_actor(sharing_env.owner, webhook="ftp://example.invalid/x")
+    events.emit(sharing_env.services, actor, events.ACTOR_READY)
+    events.deliver_due(sharing_env.services, now=EventDelivery.get().next_attempt)
+    row = EventDelivery.get()
+    assert row.status == "failed" and row.attempts == 1 and "http://" in row.last_error
