@@ -275,8 +275,10 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     # Accepted before or after the verb; the sub-parser's copies default to SUPPRESS so they do not
     # overwrite a value given before the verb.
     default = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
-    parser.add_argument("--url", default=default(None), help="server URL (LIGHTABACO_URL; default http://127.0.0.1:8000)")
-    parser.add_argument("--token", default=default(None), help="API token (LIGHTABACO_TOKEN; default: the home's token file)")
+    parser.add_argument("--url", default=default(None),
+                        help="server URL (LIGHTABACO_URL; default http://127.0.0.1:8000)")
+    parser.add_argument("--token", default=default(None),
+                        help="API token (LIGHTABACO_TOKEN; default: the home's token file)")
     parser.add_argument("--home", default=default(None), help="home directory (LIGHTABACO_HOME; default ~/.lightabaco)")
     parser.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
     parser.add_argument("--timeout", type=float, default=default(60.0), help="HTTP timeout in seconds (default 60)")
@@ -342,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = asub.add_parser("list", help="actors you can see")
     _common(p, top=False)
     for name in ("create", "update"):
-        p = asub.add_parser(name, help=f"{name} an actor" + (" (unspecified fields are kept)" if name == "update" else ""))
+        kept = " (unspecified fields are kept)" if name == "update" else ""
+        p = asub.add_parser(name, help=f"{name} an actor{kept}")
         _common(p, top=False)
         if name == "update":
             p.add_argument("actor")

@@ -44,7 +44,7 @@ def get(row: dict[str, Any], key: str) -> Any:
     return row.get(camel)
 
 
-def emit(args: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
+def emit(args: argparse.Namespace, data: Any, human: Callable[[], object]) -> None:
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True, default=str), file=args.out)
     else:

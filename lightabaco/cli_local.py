@@ -11,6 +11,7 @@ from typing import Any
 
 from .cli_common import EXIT_ERROR, EXIT_OK, emit, kv, progress_for, table
 
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .config import Settings
     from .server import first_run, serve
@@ -21,7 +22,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_samples:
         _ensure_samples(settings.images_dir, settings.home / "build-cache", args)
     base = f"http://{settings.host}:{settings.port}"
-    print(f"lightabaco {_version()} serving on {base} (home {settings.home}, {settings.workers} workers)", file=args.err)
+    print(f"lightabaco {_version()} serving on {base} (home {settings.home}, {settings.workers} workers)",
+          file=args.err)
     if token:
         print("Paste this into another shell to use the walkthrough:", file=args.err)
         print(f"export BASE={base}\nexport TOKEN={token}", file=args.out)
@@ -40,6 +42,9 @@ def _ensure_samples(images_dir: Path, cache_dir: Path, args: argparse.Namespace)
     store = ImageStore(images_dir)
     progress = progress_for(args)
     started = time.monotonic()
+    if not (cache_dir / "builds").is_dir():
+        print("building the sample images (first run only: about a minute, the Python ones need a small "
+              "Debian base)...", file=args.err)
     try:
         ensure_samples(store, progress, cache_dir=cache_dir)
     except SandboxError as exc:
@@ -98,6 +103,7 @@ def _store(args: argparse.Namespace) -> Any:
 def cmd_images(args: argparse.Namespace) -> int:
     store = _store(args)
     progress = progress_for(args)
+    data: Any
     try:
         if args.images_cmd == "list":
             rows = store.list()

@@ -206,7 +206,8 @@ def check_root_home(home: Path) -> list[Check]:
 
 
 def run_checks(home: Path) -> list[Check]:
-    checks = check_userns() + check_backends() + check_cgroups() + check_home(home) + check_root_home(home) + check_tools()
+    checks = (check_userns() + check_backends() + check_cgroups() + check_home(home) + check_root_home(home)
+              + check_tools())
     return checks
 
 

@@ -31,8 +31,10 @@ PYTHON = "lightabaco/python:3"
 BASES_VERSION = "1"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PYTHON_PACKAGES = ["python3", "python3-cloudpickle", "python3-pip"]
-PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+PASSWD = ("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
+          "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
 GROUP = "root:x:0:\napp:x:1000:\nnogroup:x:65534:\n"
+_SIDE_SUITE = re.compile(r"-(security|updates|backports)$")  # not the main archive
 _ALIASES = {"lightabaco/busybox": BUSYBOX, "lightabaco/python": PYTHON, "lightabaco/python:3.11": PYTHON}
 
 
@@ -153,13 +155,13 @@ def host_archive(sources: list[Path] | None = None) -> tuple[str, str, list[str]
                 if "deb" not in fields.get("Types", "").split() or "Enabled: no" in stanza:
                     continue
                 for uri in fields.get("URIs", "").split():
-                    suites = [s for s in fields.get("Suites", "").split() if not re.search(r"-(security|updates|backports)$", s)]
+                    suites = [s for s in fields.get("Suites", "").split() if not _SIDE_SUITE.search(s)]
                     if suites and "security" not in uri:
                         return uri, suites[0], fields.get("Components", "main").split()
         for line in text.splitlines():
             words = re.sub(r"\[[^]]*\]", "", line).split()
             if len(words) >= 3 and words[0] == "deb" and "security" not in words[1] \
-                    and not re.search(r"-(security|updates|backports)$", words[2]):
+                    and not _SIDE_SUITE.search(words[2]):
                 return words[1], words[2], words[3:] or ["main"]
     raise BuildError("cannot find a Debian/Ubuntu mirror in /etc/apt/sources.list*: the offline Python base "
                      "needs one (or build FROM an image you pulled, e.g. python:3.12-slim)")

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from .bwrap import BwrapBackend
 from .types import ExecSpec, ImageConfig, Limits, PreparedImage
@@ -167,8 +168,8 @@ def _bench(args: argparse.Namespace, base: Path) -> int:
         print("bwrap is not usable here: " + "; ".join(report.reasons), file=sys.stderr)
         return 2
     host_user = sandbox_host_user()
-    as_user = ({"user": host_user.uid, "group": host_user.gid, "extra_groups": []}
-               if host_user else {})
+    as_user: dict[str, Any] = ({"user": host_user.uid, "group": host_user.gid, "extra_groups": []}
+                               if host_user else {})
     image = PreparedImage("sha256:" + "b" * 64, rootfs, ImageConfig(cmd=["/bin/true"]))
     load_before = os.getloadavg()[0]
     rows = []
@@ -195,8 +196,13 @@ def _bench(args: argparse.Namespace, base: Path) -> int:
                 res = pb.run(spec_for(image))
                 if res.exit_code != 0:
                     raise SystemExit(f"podman execution failed: {res.reason}")
-            rows.append(summarize("podman run (backend full path)",
-                                  time_calls(pod, args.podman_runs, warmup=2)))
+            try:
+                rows.append(summarize("podman run (backend full path)",
+                                      time_calls(pod, args.podman_runs, warmup=2)))
+            finally:
+                from .podman import short_run_dir
+
+                shutil.rmtree(short_run_dir(pb.base), ignore_errors=True)
         else:
             rows.append({"name": "podman run", "skipped": "; ".join(pb.probe().reasons)})
     tp1, ok1 = throughput(rootfs, scratch, 1, args.throughput)

@@ -27,7 +27,8 @@ def build_podman(context: Path, store: Store, *, cache_dir: Path, tag: str | Non
         raise BuildError("podman is not installed: `sudo apt-get install -y podman runc`, or use --engine bwrap")
     state = _mkdir(cache_dir / "podman")
     # podman refuses a runroot longer than 50 characters: keep it short, derived from the state dir.
-    runroot = Path(tempfile.gettempdir()) / f"lab-pb-{os.getuid()}-{hashlib.sha256(str(state).encode()).hexdigest()[:8]}"
+    suffix = hashlib.sha256(str(state).encode()).hexdigest()[:8]
+    runroot = Path(tempfile.gettempdir()) / f"lab-pb-{os.getuid()}-{suffix}"
     base_argv = [podman, "--root", str(state / "root"), "--runroot", str(runroot)]
     if shutil.which("runc"):
         base_argv += ["--runtime", "runc"]  # crun fails on hybrid cgroup hosts (sandbox-notes §2)
@@ -54,6 +55,7 @@ def build_podman(context: Path, store: Store, *, cache_dir: Path, tag: str | Non
         raise BuildError(f"podman save failed: {proc.stderr.strip()[-1000:]}")
     images = store.import_path(archive, tag=tag, progress=progress)
     archive.unlink(missing_ok=True)
+    shutil.rmtree(runroot, ignore_errors=True)  # runtime state only; the layers stay under --root
     from .build import BuildResult
 
     return BuildResult(images[0], images[0].config_digest, False, time.monotonic() - started, ["podman build"])

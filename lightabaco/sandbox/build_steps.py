@@ -180,7 +180,7 @@ class TreeBuilder:
                 resolv.touch()
                 self.created_mounts.append(resolv)
             args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
-        extra_env = {}
+        extra_env: dict[str, str] = {}
         if self.network == "host":
             args += self._host_trust(extra_env)
         args += ["--chdir", st.workdir, "--"] + argv
@@ -252,7 +252,8 @@ def arg_defaults(ins: Instruction) -> list[tuple[str, str]]:
     return out
 
 
-def apply(builder: TreeBuilder, st: BuildState, ins: Instruction, build_args: dict[str, str], ignore: list[str]) -> None:
+def apply(builder: TreeBuilder, st: BuildState, ins: Instruction, build_args: dict[str, str],
+          ignore: list[str]) -> None:
     kw = ins.keyword
     if kw == "ARG":
         for name, default in arg_defaults(ins):

@@ -8,8 +8,8 @@ would otherwise be loaded into bwrap on the host).
 rlimits: bwrap starts with --block-fd, reports the host pid of sandbox pid 1 on --json-status-fd,
 and waits; the monitor prlimit()s that pid and releases it. That applies limits before the actor's
 first instruction without preexec_fn (unsafe with threads, forces fork) or an extra `prlimit` exec.
-As root that does not work (root lacks CAP_SYS_RESOURCE over the sandbox user's processes on some
-hosts), so there the `prlimit` program wraps bwrap instead.
+As root, the prlimit() goes through a helper process running as the sandbox user
+(rlimit_helper.py), because root may lack CAP_SYS_RESOURCE over another user's processes.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import re
 import resource
 import shutil
 import threading
+import weakref
 from pathlib import Path
 
 from . import probe as probe_mod
@@ -27,7 +28,8 @@ from . import seccomp
 from .channels import LogSink, ResultsSocket, write_binary_data
 from .errors import BackendUnavailable, ExecutionSetupError
 from .execution import DEFAULT_MAX_PROCS, LaunchPlan, MonitoredExecution
-from .scratch import Scratch, new_execution_id
+from .rlimit_helper import RlimitHelper
+from .scratch import ExecDir, Scratch, new_execution_id
 from .types import ExecResult, ExecSpec, ProbeReport
 from .users import HostUser, check_reachable_by, sandbox_host_user, sandbox_identity
 
@@ -38,8 +40,7 @@ RESULTS_SOCK = "/_abaco_results.sock"
 _RO_ROOT_NEEDS = ("proc", "dev", "tmp", BINARY_DATA[1:], RESULTS_SOCK[1:])
 # Binary messages up to this size reach the sandbox from memory; larger ones through a file.
 INLINE_BINARY_MAX = 64 << 20
-# As root the sandbox user's total process count is capped too: a backstop behind the watchdog.
-ROOT_NPROC_CAP = 4096
+NPROC_SLACK = 8
 
 
 def build_env(spec: ExecSpec, hostname: str, home: str) -> dict[str, str]:
@@ -49,11 +50,11 @@ def build_env(spec: ExecSpec, hostname: str, home: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if key and sep:
             env[key] = value
-    for key, value in spec.env.items():
-        if value is None:
+    for key, layered in spec.env.items():
+        if layered is None:
             env.pop(key, None)
         else:
-            env[key] = str(value)
+            env[key] = str(layered)
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("HOME", home)
     env.setdefault("HOSTNAME", hostname)
@@ -96,11 +97,6 @@ def _rlimits(spec: ExecSpec) -> list[tuple[int, tuple[int, int]]]:
     return out
 
 
-_PRLIMIT_FLAGS = {resource.RLIMIT_CORE: "--core", resource.RLIMIT_CPU: "--cpu",
-                  resource.RLIMIT_DATA: "--data", resource.RLIMIT_FSIZE: "--fsize",
-                  resource.RLIMIT_NOFILE: "--nofile", resource.RLIMIT_NPROC: "--nproc"}
-
-
 _CHILD_PID_RE = re.compile(rb'"child-pid"\s*:\s*(\d+)')
 
 
@@ -136,7 +132,7 @@ class BwrapExecution(MonitoredExecution):
             self.status.update(doc)
         if self.child_pid is None:
             if "child-pid" in self.status:
-                self.child_pid = int(self.status["child-pid"])  # type: ignore[arg-type]
+                self.child_pid = int(str(self.status["child-pid"]))
             else:
                 # The first piece bwrap writes is `{ "child-pid": N` (one atomic write): use it at
                 # once instead of waiting for the rest of the document.
@@ -146,7 +142,7 @@ class BwrapExecution(MonitoredExecution):
 
     def _exit_status(self, returncode: int) -> tuple[int | None, str | None]:
         if "exit-code" in self.status:
-            return int(self.status["exit-code"]), None  # type: ignore[arg-type]
+            return int(str(self.status["exit-code"])), None
         messages = [line for line in self._logs.tail().decode("utf-8", "replace").splitlines()
                     if line.startswith("bwrap: ")]
         self.outcome.failure_detail = messages[-1] if messages else f"bwrap exited with {returncode}"
@@ -170,6 +166,12 @@ class BwrapBackend:
         self._probe_lock = threading.Lock()
         self.scratch.ensure()
         self.stale_collected = self.scratch.collect_stale()
+        self._helper: RlimitHelper | None = None
+        host_user = sandbox_host_user()
+        if host_user is not None:
+            # Forked now, while this process is young; closed when the backend goes away.
+            self._helper = RlimitHelper(host_user)
+            weakref.finalize(self, self._helper.close)
 
     def probe(self) -> ProbeReport:
         with self._probe_lock:
@@ -204,22 +206,26 @@ class BwrapBackend:
         hostname = spec.execution_id[:63]
         env = build_env(spec, hostname, identity.home)
         rootfs = Path(spec.image.rootfs)
+        large_message = len(spec.binary_message or b"") > INLINE_BINARY_MAX
         if host_user is not None:
             check_reachable_by(rootfs, host_user)
-            check_reachable_by(self.scratch.root, host_user)
+            if large_message:
+                check_reachable_by(self.scratch.root, host_user)
         max_procs = int(spec.limits.pids or self.max_procs)
         exec_dir = self.scratch.create(spec.execution_id)
         owner = (host_user.uid, host_user.gid) if host_user else None
         fds: list[int] = []
         logs = results = None
         try:
-            if len(spec.binary_message or b"") > INLINE_BINARY_MAX:
-                write_binary_data(exec_dir.path / "binary_data", spec.binary_message, owner)
+            if host_user is not None:
+                check_reachable_by(exec_dir.path, host_user)
+            if large_message:
+                write_binary_data(exec_dir.binary_path, spec.binary_message, owner)
             results = ResultsSocket(exec_dir.path / "results.sock", spec.on_result, 0o600, owner)
             logs = LogSink(spec.log_path or self.scratch.default_log_path(spec.execution_id),
                            spec.limits.log_bytes)
             plan = self._plan(spec, report, identity, env, command, hostname, rootfs,
-                              exec_dir.path, host_user, fds, max_procs)
+                              exec_dir, host_user, fds, max_procs)
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -232,7 +238,7 @@ class BwrapBackend:
         return ex
 
     def _plan(self, spec: ExecSpec, report: ProbeReport, identity, env: dict[str, str],  # type: ignore[no-untyped-def]
-              command: list[str], hostname: str, rootfs: Path, exec_dir: Path,
+              command: list[str], hostname: str, rootfs: Path, exec_dir: ExecDir,
               host_user: HostUser | None, fds: list[int], max_procs: int) -> LaunchPlan:
         def source(path: Path | str) -> str:
             # bwrap 0.8 turns even --ro-bind-fd sources back into paths, so plain paths it is;
@@ -286,8 +292,12 @@ class BwrapBackend:
             os.lseek(data_fd, 0, os.SEEK_SET)
             args += ["--perms", "0444", "--ro-bind-data", str(data_fd), BINARY_DATA]
         else:
-            args += ["--ro-bind", os.fspath(exec_dir / "binary_data"), BINARY_DATA]
-        args += ["--ro-bind", os.fspath(exec_dir / "results.sock"), RESULTS_SOCK]
+            args += ["--ro-bind", os.fspath(exec_dir.binary_path), BINARY_DATA]
+        args += ["--ro-bind", os.fspath(exec_dir.path / "results.sock"), RESULTS_SOCK]
+        if spec.network == "host" and os.path.isfile("/etc/resolv.conf") and \
+                os.path.isfile(rootfs / "etc" / "resolv.conf") and not tmpfs_root:
+            # With the host's network the actor also needs the host's name servers.
+            args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
         for host, dest, read_only in spec.mounts:
             args += ["--ro-bind" if read_only else "--bind", source(host), dest]
         if tmpfs_root:
@@ -310,25 +320,20 @@ class BwrapBackend:
         os.lseek(memfd, 0, os.SEEK_SET)
 
         rlimits = _rlimits(spec)
+        # A real per-sandbox process limit: RLIMIT_NPROC set on pid 1 *after* it entered its new
+        # user namespace is checked against the tasks of that namespace only (the kernel's
+        # per-userns ucounts), not against all of the host uid's processes (measured: with 80 host
+        # processes of the same uid, a limit of 50 gave the sandbox exactly 50 tasks). The notes'
+        # "useless" verdict holds for RLIMIT_NPROC set before bwrap, as prlimit(1) would. A few
+        # tasks of slack above the watchdog's threshold, so that a fork bomb stuck at the limit
+        # is seen there and ended instead of spinning until the wall-clock limit.
+        nproc = max_procs + NPROC_SLACK
+        rlimits.append((resource.RLIMIT_NPROC, (nproc, nproc)))
         # bwrap 0.8 takes only options from --args; the command must stay on the real argv.
         argv = [self.bwrap, "--args", str(memfd), "--", *command]
-        if host_user is None:
-            # A real per-sandbox process limit: RLIMIT_NPROC set on pid 1 *after* it entered its
-            # new user namespace is checked against the tasks of that namespace only (the kernel's
-            # per-userns ucounts), not against all of our host uid's processes (measured: with 80
-            # host processes of the same uid, a limit of 50 gave the sandbox exactly 50 tasks).
-            # The notes' "useless" verdict held for RLIMIT_NPROC set before bwrap, as prlimit(1) does.
-            rlimits.append((resource.RLIMIT_NPROC, (max_procs, max_procs)))
-        else:
-            # prlimit(1) runs before the user namespace exists, so here the limit counts every
-            # process of the sandbox user on the host: a host-wide backstop behind the watchdog.
-            rlimits.append((resource.RLIMIT_NPROC, (ROOT_NPROC_CAP, ROOT_NPROC_CAP)))
-            prlimit = shutil.which("prlimit") or "prlimit"
-            argv = [prlimit] + [f"{_PRLIMIT_FLAGS[r]}={s}:{h}" for r, (s, h) in rlimits] + ["--"] + argv
-            rlimits = []
         return LaunchPlan(
             argv=argv, env={"PATH": DEFAULT_PATH}, pass_fds=tuple(fds),
             close_after_spawn=list(fds), user=host_user.uid if host_user else None,
             group=host_user.gid if host_user else None, status_fd=status_r, block_fd=block_w,
-            rlimits=rlimits,
+            rlimits=rlimits, prlimit=self._helper.prlimit if self._helper else None,
         )

@@ -1,6 +1,6 @@
 """The three data channels of one execution: binary message in, results out, logs out.
 
-None of these own a thread: the execution's single monitor thread select()s on their file
+None of these own a thread: the execution's single monitor thread poll()s on their file
 descriptors together with the process's pidfd, so a result or a log line is handled the moment it
 arrives and the end of the process is noticed without polling (sandbox-notes §7 measured a 100 ms
 poll turning every execution into a 101 ms one).
@@ -21,6 +21,8 @@ from .types import MAX_RESULT_BYTES
 log = logging.getLogger(__name__)
 
 # Abaco appends this sentence when it truncates a log (spec §4.5 step 10); clients grep for it.
+MAX_KEPT_RESULT_BYTES = 256 << 20  # total result bytes kept per execution
+
 TRUNCATION_MARKER = "\n LOG LIMIT EXCEEDED; this execution log was TRUNCATED! (kept the first {cap} bytes)\n"
 
 
@@ -52,6 +54,8 @@ class ResultsSocket:
 
     Datagrams over MAX_RESULT_BYTES are detected with MSG_TRUNC and counted as rejected instead of
     being stored truncated (Abaco silently truncates them; a truncated pickle is worse than none).
+    So are datagrams beyond MAX_KEPT_RESULT_BYTES in total: results are held in the worker's
+    memory, and an actor sending without end must not exhaust it.
     """
 
     def __init__(self, path: Path, on_result: Callable[[bytes], None] | None = None,
@@ -59,6 +63,7 @@ class ResultsSocket:
         self.path = path
         self.results: list[bytes] = []
         self.rejected = 0
+        self._kept = 0
         self._on_result = on_result
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.sock.setblocking(False)
@@ -86,9 +91,12 @@ class ResultsSocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def drain(self) -> None:
-        """Receive every queued datagram (non-blocking); calls on_result for each accepted one."""
-        while True:
+    def drain(self, max_items: int | None = 256) -> None:
+        """Receive queued datagrams (non-blocking; at most `max_items`, so that an actor sending
+        without pause cannot keep the monitor here); calls on_result for each accepted one."""
+        count = 0
+        while max_items is None or count < max_items:
+            count += 1
             try:
                 data, _, flags, _ = self.sock.recvmsg(MAX_RESULT_BYTES)
             except (BlockingIOError, InterruptedError):
@@ -97,9 +105,10 @@ class ResultsSocket:
                 if exc.errno == errno.EAGAIN:
                     return
                 raise
-            if flags & socket.MSG_TRUNC:
+            if flags & socket.MSG_TRUNC or self._kept + len(data) > MAX_KEPT_RESULT_BYTES:
                 self.rejected += 1
                 continue
+            self._kept += len(data)
             self.results.append(data)
             if self._on_result is not None:
                 try:
@@ -145,9 +154,12 @@ class LogSink:
             os.close(self.write_fd)
             self.write_fd = -1
 
-    def pump(self) -> bool:
-        """Read what is in the pipe now. Returns False at EOF (every writer has gone)."""
-        while True:
+    def pump(self, max_reads: int = 16) -> bool:
+        """Read what is in the pipe now. Returns False at EOF (every writer has gone).
+
+        At most `max_reads` reads per call: an actor that writes without pause would otherwise
+        keep the monitor here for ever, and deadlines and kills would never be looked at."""
+        for _ in range(max_reads):
             try:
                 chunk = os.read(self.read_fd, 65536)
             except BlockingIOError:
@@ -155,6 +167,7 @@ class LogSink:
             if not chunk:
                 return False
             self._take(chunk)
+        return True
 
     def _take(self, chunk: bytes) -> None:
         self._tail = (self._tail + chunk)[-4096:]

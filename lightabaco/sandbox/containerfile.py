@@ -24,7 +24,8 @@ class BuildError(ImageError):
 SUPPORTED = {"FROM", "ARG", "ENV", "LABEL", "COPY", "ADD", "WORKDIR", "USER", "RUN", "ENTRYPOINT", "CMD"}
 # Instructions with no effect on how lightabaco runs an image: accepted so common files build.
 IGNORED = {"EXPOSE", "VOLUME", "STOPSIGNAL", "MAINTAINER", "HEALTHCHECK"}
-_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
+                  r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 
 
 @dataclass

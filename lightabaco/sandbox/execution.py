@@ -4,7 +4,7 @@ The monitor thread is also the thread that spawns the sandbox. bwrap's --die-wit
 PR_SET_PDEATHSIG, which the kernel ties to the *thread* that forked, so the spawning thread must
 outlive the sandbox; the monitor does by construction.
 
-The loop select()s on: the pidfd of the spawned runtime (exit), the log pipe, the results socket,
+The loop poll()s on: the pidfd of the spawned runtime (exit), the log pipe, the results socket,
 the runtime's status pipe (bwrap --json-status-fd) and a wake pipe (kill requests). Its timeout is the
 nearest of the wall-clock deadline, a kill grace deadline and the next watchdog tick, so a short
 execution never waits for a tick.
@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Callable
 
 from . import procstats
 from .channels import LogSink, ResultsSocket
@@ -51,6 +51,8 @@ class LaunchPlan:
     status_fd: int = -1  # read end of the runtime's status pipe (bwrap --json-status-fd), if any
     block_fd: int = -1  # write end of bwrap --block-fd: written once rlimits are applied
     rlimits: list[tuple[int, tuple[int, int]]] = field(default_factory=list)  # prlimit()ed on pid 1
+    # How to prlimit() pid 1 when it is not ours to change (root: rlimit_helper.RlimitHelper).
+    prlimit: Callable[[int, list[tuple[int, tuple[int, int]]]], None] | None = None
 
 
 class MonitoredExecution:
@@ -78,6 +80,7 @@ class MonitoredExecution:
         # ru_maxrss, which also counts the runtime's pre-exec image (the forked or vforked
         # Python: 10-30 MB) and so says nothing about a small actor.
         self._peak_rss_kb = 0
+        self._child_pidfd = -1
         self._hard_killed_at: float | None = None
         self._term_deadline: float | None = None
         self._thread = threading.Thread(target=self._main, name=f"sandbox-{self.id}", daemon=True)
@@ -108,11 +111,14 @@ class MonitoredExecution:
         return self._result if self._done.is_set() else None
 
     def kill(self, grace_s: float = 0.0) -> None:
-        with self._lock:
-            if self._done.is_set():
+        with self._lock:  # the same lock guards closing the wake pipe in _cleanup()
+            if self._done.is_set() or self._wake_w < 0:
                 return
             self._kill_requested = max(0.0, grace_s)
-        self._wake()
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass  # already awake
 
     # -- hooks for subclasses ------------------------------------------------------------------
 
@@ -132,6 +138,13 @@ class MonitoredExecution:
     def _kill_sandbox(self) -> None:
         """SIGKILL the sandbox. Default: its pid 1 when known (the runtime then reaps it and keeps
         its rusage), else the runtime process itself."""
+        if self._child_pidfd >= 0:
+            # Through a pidfd: pid 1 may already be gone and its number reused by then.
+            try:
+                signal_mod.pidfd_send_signal(self._child_pidfd, signal_mod.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
         target = self.child_pid or (self.proc.pid if self.proc else None)
         if target:
             _signal(target, signal_mod.SIGKILL)
@@ -141,12 +154,6 @@ class MonitoredExecution:
         return returncode, None
 
     # -- the monitor thread ----------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass  # already awake
 
     def _main(self) -> None:
         try:
@@ -224,7 +231,7 @@ class MonitoredExecution:
                 wakeups.append(self._term_deadline)
             if self._hard_killed_at is not None:
                 wakeups.append(self._hard_killed_at + self.kill_escalate_s)
-            ready, _, _ = select.select(fds, [], [], max(0.0, min(wakeups) - now))
+            ready = _wait_readable(fds, max(0.0, min(wakeups) - now))
             if self._plan.status_fd in ready:
                 self._read_status()
             if self._results.fileno() in ready:
@@ -244,6 +251,7 @@ class MonitoredExecution:
                 self._hard_kill()
             if self._hard_killed_at is not None and now >= self._hard_killed_at + self.kill_escalate_s:
                 _signal(self.proc.pid, signal_mod.SIGKILL)  # type: ignore[union-attr]
+                self._hard_killed_at = now  # re-arm rather than spin if it hangs in the kernel
             if now >= next_tick:
                 next_tick = now + WATCHDOG_INTERVAL_S
                 if not self.outcome.ending:
@@ -266,8 +274,15 @@ class MonitoredExecution:
     def _release_child(self) -> None:
         """pid 1 is known and blocked before exec: apply rlimits to it, then let it run."""
         try:
-            for resource_id, value in self._plan.rlimits:
-                _prlimit(self.child_pid, resource_id, value)  # type: ignore[arg-type]
+            self._child_pidfd = os.pidfd_open(self.child_pid)  # type: ignore[arg-type]
+        except ProcessLookupError:
+            pass
+        try:
+            if self._plan.prlimit is not None and self._plan.rlimits:
+                self._plan.prlimit(self.child_pid, self._plan.rlimits)  # type: ignore[arg-type]
+            else:
+                for resource_id, value in self._plan.rlimits:
+                    _prlimit(self.child_pid, resource_id, value)  # type: ignore[arg-type]
             if self._plan.block_fd >= 0:
                 os.write(self._plan.block_fd, b"g")
         except (ProcessLookupError, BrokenPipeError):
@@ -336,13 +351,12 @@ class MonitoredExecution:
     def _drain_after_exit(self) -> None:
         end = time.monotonic() + LOG_DRAIN_S
         while self._logs.read_fd >= 0:
-            ready, _, _ = select.select([self._logs.fileno()], [], [], max(0.0, end - time.monotonic()))
+            ready = _wait_readable([self._logs.fileno()], max(0.0, end - time.monotonic()))
             if not ready or not self._logs.pump():
                 break
-        self._results.drain()
+        self._results.drain(max_items=None)  # the runtime is gone: nothing can refill it now
         while self._plan.status_fd >= 0:
-            ready, _, _ = select.select([self._plan.status_fd], [], [], 0)
-            if not ready:
+            if not _wait_readable([self._plan.status_fd], 0.0):
                 break
             self._read_status()
 
@@ -367,7 +381,8 @@ class MonitoredExecution:
             cpu_ns = max(cpu_ns, self._snapshot.cpu_ns)
             io = {k: max(io[k], self._snapshot.io[k]) for k in procstats.IO_KEYS}
             source = "snapshot" if source == "none" else source + "+snapshot"
-        exit_code, failure = (None, "setup")
+        exit_code: int | None = None
+        failure: str | None = "setup"
         if self.proc is not None and self.proc.returncode is not None:
             if self.proc.returncode < 0:  # the runtime itself was killed (escalation): Docker style
                 exit_code, failure = 128 - self.proc.returncode, None
@@ -380,7 +395,8 @@ class MonitoredExecution:
         self._result = ExecResult(
             execution_id=self.id, exit_code=result.exit_code, signal=result.signal,
             timed_out=self.outcome.timed_out and not self.outcome.killed, killed=self.outcome.killed,
-            failure=result.failure, reason=result.reason, log_path=self._logs.path,
+            failure=result.failure,  # type: ignore[arg-type]
+            reason=result.reason, log_path=self._logs.path,
             log_truncated=self._logs.truncated, results=list(self._results.results),
             results_rejected=self._results.rejected, cpu_ns=cpu_ns, io=io, max_rss_kb=max_rss,
             wall_s=wall, start_time=getattr(self, "_start_wall", end), end_time=end,
@@ -395,17 +411,28 @@ class MonitoredExecution:
                 closer()
             except OSError:
                 pass
-        for fd in (self._plan.status_fd, self._plan.block_fd, self._wake_r, self._wake_w):
+        for fd in (self._plan.status_fd, self._plan.block_fd, self._child_pidfd):
             if fd >= 0:
-                try:
+                os.close(fd)
+        self._plan.status_fd = self._plan.block_fd = self._child_pidfd = -1
+        with self._lock:
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
                     os.close(fd)
-                except OSError:
-                    pass
-        self._plan.status_fd = self._plan.block_fd = -1
+            self._wake_r = self._wake_w = -1
         try:
             self._exec_dir.remove()
         except OSError:
             log.exception("cannot remove %s", self._exec_dir.path, extra={"action": "cleanup"})
+
+
+def _wait_readable(fds: list[int], timeout_s: float) -> list[int]:
+    """poll(), not select(): select() cannot watch descriptors above 1023, and a busy server
+    process easily has that many open."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(timeout_s * 1000.0)]
 
 
 def _signal(pid: int, sig: int) -> None:

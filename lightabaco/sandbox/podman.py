@@ -316,8 +316,8 @@ class PodmanBackend:
             argv += ["--pids-limit", str(lim.pids)]
         for host, dest, read_only in spec.mounts:
             argv += ["-v", f"{host}:{dest}:{'ro' if read_only else 'rw'}"]
-        for key, value in env.items():
-            argv += ["-e", f"{key}={value}"]
+        for key, text in env.items():
+            argv += ["-e", f"{key}={text}"]
         argv += ["--rootfs", f"{spec.image.rootfs}:O", *command]
         return argv
 

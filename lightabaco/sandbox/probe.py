@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from .types import ProbeReport
 from .users import sandbox_host_user
@@ -62,7 +63,7 @@ def cgroup_notes() -> tuple[list[str], dict[str, bool]]:
     return notes, features
 
 
-def _run(argv: list[str], timeout: float = 10.0, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def _run(argv: list[str], timeout: float = 10.0, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
                           stdin=subprocess.DEVNULL, **kwargs)
 
@@ -103,7 +104,7 @@ def probe_bwrap(bwrap: str = "bwrap") -> ProbeReport:
     except Exception as exc:  # noqa: BLE001 - reported to the user as the reason
         report.reasons.append(str(exc))
         return report
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if host_user is not None:
         kwargs = {"user": host_user.uid, "group": host_user.gid, "extra_groups": []}
         report.notes.append(f"running as root: sandboxes run as the unprivileged host user "
@@ -124,15 +125,17 @@ def probe_bwrap(bwrap: str = "bwrap") -> ProbeReport:
     report.usable = True
     report.features["disable_userns"] = False
     help_text = _run([path, "--help"]).stdout
-    for flag, feature in (("--json-status-fd", "json_status"), ("--ro-bind-fd", "bind_fd"),
-                          ("--overlay-src", "overlay"), ("--block-fd", "block_fd")):
+    required = {"json_status": "--json-status-fd", "block_fd": "--block-fd",
+                "bind_data": "--ro-bind-data", "args_fd": "--args", "clearenv": "--clearenv",
+                "perms": "--perms", "size": "--size"}
+    for feature, flag in required.items():
         report.features[feature] = flag in help_text
-    for feature, flag in (("json_status", "--json-status-fd"), ("bind_fd", "--ro-bind-fd"),
-                          ("block_fd", "--block-fd")):
-        if not report.features[feature]:
-            report.usable = False
-            report.reasons.append(f"bwrap {report.version} lacks {flag}: install bubblewrap 0.8 or "
-                                  "newer (Debian 12, Ubuntu 24.04, EL9 have it)")
+    report.features["overlay"] = "--overlay-src" in help_text
+    missing = [flag for feature, flag in required.items() if not report.features[feature]]
+    if missing:
+        report.usable = False
+        report.reasons.append(f"bwrap {report.version} lacks {', '.join(missing)}: install "
+                              "bubblewrap 0.8 or newer (Debian 12, Ubuntu 24.04 and EL9 have it)")
     if "--disable-userns" in help_text:
         disabled = _run(base[:3] + ["--disable-userns"] + base[3:] + ["--", *cmd], **kwargs)
         report.features["disable_userns"] = disabled.returncode == 0

@@ -13,7 +13,6 @@ dedicated unprivileged host user instead: $LIGHTABACO_SANDBOX_USER, else a syste
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -184,6 +183,7 @@ def _find_or_create(name: str) -> HostUser:
                     f"(useradd --system {name}) or unset the variable"
                 ) from None
             pw = pwd.getpwnam("nobody")
+    assert pw is not None
     if pw.pw_uid == 0:
         raise ExecutionSetupError(
             f"the sandbox user {name} is root; set {SANDBOX_USER_ENV} to an unprivileged user"
@@ -195,9 +195,14 @@ def check_reachable_by(path: Path, user: HostUser) -> None:
     """Fail early, and say how to fix it, when the sandbox user cannot reach a path bwrap binds.
 
     bwrap 0.8 resolves even `--ro-bind-fd` sources back to a path and opens that path as the
-    sandbox user, so every ancestor directory must be searchable by that user.
+    sandbox user, so every ancestor directory must be searchable by that user. Successful checks
+    are remembered (this runs on every execution as root); failures are re-checked each time.
     """
-    path = Path(os.path.abspath(path))
+    _check_reachable(Path(os.path.abspath(path)), user)
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_reachable(path: Path, user: HostUser) -> None:
     for part in [*reversed(path.parents), path]:
         try:
             st = part.stat()

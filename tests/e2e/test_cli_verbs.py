@@ -184,3 +184,32 @@ def test_serve_prints_the_exports_and_restarts_with_the_same_token():
         assert (home / "token").stat().st_mode & 0o777 == 0o600
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_images_import_and_pull(registry, tmp_path):
+    from tests.fixtures.oci import busybox_layout
+
+    home = tmp_path / "home"
+    busybox_layout(tmp_path / "layout")
+    layout = tmp_path / "layout"
+    registry.push_image(busybox_layout(), "cli/pulled", "2")
+
+    def run(*argv: str) -> str:
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["--home", str(home), *argv], out=out, err=err) == 0, err.getvalue()
+        return out.getvalue()
+
+    assert run("images", "import", str(layout), "--tag", "cli/imported").startswith("imported ")
+    pulled = json.loads(run("--json", "images", "pull", registry.ref("cli/pulled", "2")))
+    assert pulled["id"].startswith("sha256:")
+    listing = run("images", "list")
+    assert "cli/imported" in listing and "cli/pulled:2" in listing
+
+
+def test_logs_follow_waits_for_a_running_execution(cli):
+    cli("actors", "create", "--image", "abacosamples/sleep_loop", "--name", "loop")
+    _wait_ready(cli, "loop")
+    eid = cli("send", "loop", "--json-message", '{"iterations": 4, "sleep": 0.25}').strip()
+    followed = cli("logs", "loop", eid, "--follow", "--interval", "0.1")
+    assert followed.index("Iteration 1 of 4") < followed.index("Iteration 4 of 4") < followed.index("Sleep loop done.")
+    assert cli.json("executions", "loop", eid)["status"] == "COMPLETE"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -67,4 +68,5 @@ def test_two_commands_from_a_clean_virtualenv(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
     print(f"fresh set-up (venv + package + test run) took {setup_s:.1f} s")

@@ -44,6 +44,7 @@ def test_walkthrough_runs_verbatim(sample_server):
     assert re.search(r"^5$", out, re.M)                  # lightabaco send --sync
     assert "Number of words: 3" in out                   # lightabaco logs
     assert "deleted" in out
+    assert "Contents of MSG: hello from tapipy" in out    # tapipy, unmodified
 
 
 def test_readme_promises_the_two_commands():

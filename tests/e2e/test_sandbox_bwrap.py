@@ -396,3 +396,86 @@ def test_max_rss_reflects_the_actor_not_the_runtime(bwrap_backend, py_image, mak
     res = bwrap_backend.run(py(py_image, code, make_spec))
     assert res.exit_code == 0
     assert 80 * 1024 <= res.max_rss_kb < 200 * 1024
+
+
+def test_network_host_shares_the_host_network(bwrap_backend, bb_image, make_spec):
+    script = "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '"
+    isolated = log_text(bwrap_backend.run(make_spec(bb_image, "/bin/sh", "-c", script)))
+    shared = log_text(bwrap_backend.run(make_spec(bb_image, "/bin/sh", "-c", script, network="host")))
+    assert isolated.split() == ["lo"]
+    host_ifaces = sorted(line.split(":")[0].strip()
+                         for line in Path("/proc/net/dev").read_text().splitlines()[2:])
+    assert shared.split() == host_ifaces
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs sandboxes as another host user")
+def test_root_explains_an_unreachable_rootfs(bwrap_backend, sandbox_dir, make_spec):
+    from lightabaco.sandbox.errors import ExecutionSetupError
+    from tests.fixtures.sandbox import make_busybox_rootfs
+
+    private = sandbox_dir / "private"
+    private.mkdir(mode=0o700)
+    rootfs = make_busybox_rootfs(private / "rootfs")
+    private.chmod(0o700)
+    with pytest.raises(ExecutionSetupError, match=r"cannot reach .*`chmod o\+x .*private`"):
+        bwrap_backend.start(make_spec(prepared(rootfs), "/bin/true"))
+    assert [p.name for p in bwrap_backend.scratch.root.iterdir()] == ["logs"]
+
+
+def test_rlimits_are_in_force_inside(bwrap_backend, bb_image, make_spec):
+    limits = Limits(wall_timeout_s=20, nofile=77, cpu_seconds=9, memory_bytes=300 << 20,
+                    max_file_bytes=5 << 20, pids=40)
+    res = bwrap_backend.run(make_spec(bb_image, "/bin/sh", "-c", "cat /proc/self/limits",
+                                      limits=limits))
+    rows = {line[:26].strip(): line[26:].split()[:2] for line in log_text(res).splitlines()[1:]}
+    assert rows["Max open files"] == ["77", "77"]
+    assert rows["Max cpu time"] == ["9", "9"]
+    assert rows["Max data size"] == [str(300 << 20)] * 2
+    assert rows["Max file size"] == [str(5 << 20)] * 2
+    assert rows["Max processes"] == ["48", "48"]  # pids + NPROC_SLACK
+    assert rows["Max core file size"] == ["0", "0"]
+
+
+def test_works_when_the_host_process_has_many_open_files(bwrap_backend, bb_image, make_spec):
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1300:
+        pytest.skip("needs RLIMIT_NOFILE >= 1300")
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]  # push new fds above 1023
+    try:
+        res = bwrap_backend.run(make_spec(bb_image, "/bin/sh", "-c", "echo many; exit 4",
+                                          binary_message=b"x"))
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert res.exit_code == 4 and log_text(res) == "many\n"
+
+
+def test_an_endless_log_flood_still_times_out(bwrap_backend, bb_image, make_spec):
+    t0 = time.monotonic()
+    res = bwrap_backend.run(make_spec(bb_image, "/bin/sh", "-c", "yes flooding-the-log",
+                                      limits=Limits(wall_timeout_s=1.0, log_bytes=100_000)))
+    assert time.monotonic() - t0 < 5
+    assert res.timed_out and res.log_truncated
+    assert Path(res.log_path).stat().st_size < 100_000 + 200
+
+
+def test_tmp_is_size_capped_and_file_size_limited(bwrap_backend, bb_image, make_spec):
+    res = bwrap_backend.run(make_spec(bb_image, "/bin/sh", "-c",
+                                      "dd if=/dev/zero of=/tmp/big bs=1024 count=3000 2>&1",
+                                      limits=Limits(wall_timeout_s=20, tmpfs_bytes=2 << 20)))
+    assert "No space left on device" in log_text(res)
+    script = "sh -c 'dd if=/dev/zero of=/tmp/f2 bs=1024 count=600 2>/dev/null'; echo fsize=$?"
+    res = bwrap_backend.run(make_spec(bb_image, "/bin/sh", "-c", script,
+                                      limits=Limits(wall_timeout_s=20, max_file_bytes=512 << 10)))
+    assert "fsize=153" in log_text(res)  # 128 + SIGXFSZ: the file size limit ended the writer
+
+
+def test_a_missing_mount_source_is_a_setup_error_before_anything_starts(bwrap_backend, bb_image,
+                                                                      make_spec, sandbox_dir):
+    from lightabaco.sandbox.errors import ExecutionSetupError
+
+    with pytest.raises(ExecutionSetupError, match="does not exist"):
+        bwrap_backend.start(make_spec(bb_image, "/bin/true",
+                                      mounts=[(sandbox_dir / "nope", "/data", True)]))
+    assert [p.name for p in bwrap_backend.scratch.root.iterdir()] == ["logs"]

@@ -10,21 +10,23 @@ from pathlib import Path
 import pytest
 
 from lightabaco.sandbox.errors import ExecutionSetupError
-from lightabaco.sandbox.types import MAX_RESULT_BYTES, Limits
-from tests.fixtures.sandbox import prepared, python_mounts
+from tests.fixtures.sandbox import python_mounts
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def podman_backend(tmp_path_factory):  # -> PodmanBackend
-    from lightabaco.sandbox.podman import PodmanBackend
+    import shutil
+
+    from lightabaco.sandbox.podman import PodmanBackend, short_run_dir
 
     backend = PodmanBackend(tmp_path_factory.mktemp("podman-scratch"))
     report = backend.probe()
     if not report.usable:
         pytest.skip("podman is not usable here: " + "; ".join(report.reasons))
-    return backend
+    yield backend
+    shutil.rmtree(short_run_dir(backend.base), ignore_errors=True)
 
 
 def log_text(res) -> str:  # type: ignore[no-untyped-def]

@@ -88,4 +88,5 @@ def test_sandbox_runs_as_an_ordinary_user(unprivileged_user, busybox_rootfs, san
     assert out["cpu"].split()[3:5] == ["5", "5"]
     assert out["scratch_left"] == ["logs"]
     assert "limit of 30 processes" in out["fork_reason"], out["fork_reason"]
-    assert 5 <= int(out["fork_count"]) < 30  # per sandbox, not per host user (40 host sleepers)
+    # Per sandbox, not per host user (40 host sleepers): at most the limit plus NPROC_SLACK tasks.
+    assert 5 <= int(out["fork_count"]) <= 30 + 8

@@ -93,3 +93,28 @@ def test_binary_data_is_a_read_only_regular_file(tmp_path):
     assert (tmp_path / "bd").read_bytes() == b"\0\1" * 100 and st.st_mode & 0o777 == 0o444
     write_binary_data(tmp_path / "empty", None)
     assert (tmp_path / "empty").read_bytes() == b""
+
+
+def test_results_beyond_the_total_cap_are_rejected(tmp_path, monkeypatch):
+    import lightabaco.sandbox.channels as channels
+
+    monkeypatch.setattr(channels, "MAX_KEPT_RESULT_BYTES", 10)
+    rs = ResultsSocket(tmp_path / "r.sock")
+    s = _sender(tmp_path / "r.sock")
+    for chunk in (b"1234", b"5678", b"9abc", b"d"):
+        s.send(chunk)
+    rs.drain()
+    assert rs.results == [b"1234", b"5678", b"d"] and rs.rejected == 1
+    rs.close()
+
+
+def test_drain_takes_a_bounded_batch(tmp_path):
+    rs = ResultsSocket(tmp_path / "r.sock")
+    s = _sender(tmp_path / "r.sock")
+    for i in range(8):
+        s.send(b"%d" % i)
+    rs.drain(max_items=3)
+    assert len(rs.results) == 3
+    rs.drain(max_items=None)
+    assert rs.results == [b"%d" % i for i in range(8)]
+    rs.close()
