@@ -118,6 +118,10 @@ class ExecutionWaiter:
         self.bell = Doorbell(self.home, name)
         marker_dir = self.home / "run" / "api"
         marker_dir.mkdir(parents=True, exist_ok=True)
+        for stale in marker_dir.iterdir():  # left by a killed server: nobody answers there
+            if stale.name.isdigit() and not _alive(int(stale.name)):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         self._marker = marker_dir / str(os.getpid())
         self._marker.touch()
         asyncio.get_running_loop().add_reader(self.bell.fileno(), self._on_ring)
@@ -151,6 +155,16 @@ class ExecutionWaiter:
                 events.discard(event)
                 if not events:
                     del self._events[key]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Watch:

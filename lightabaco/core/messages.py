@@ -13,7 +13,7 @@ from lightabaco.core.errors import ValidationError
 from lightabaco.core.identity import Identity
 from lightabaco.store import fast, mailbox
 from lightabaco.store.db import database, write_tx
-from lightabaco.store.models import Execution, Message, Worker
+from lightabaco.store.models import Execution, Message
 
 STR = "str"
 JSON = "application/json"
@@ -80,7 +80,7 @@ def enqueue_for_actor(services: Any, identity: Identity | None, actor: Any, payl
                     status="SUBMITTED", message_received_time=now)
         fast.insert(Message, actor_dbid=actor.dbid, execution_id=execution_id, body=body,
                     content_type=content_type, env=env, stateless=actor.stateless, created=now)
-        statuses = database.execute_sql(_WORKERS_SQL, (actor.dbid,)).fetchall()
+        statuses = database.execute_sql(fast.placeholders(_WORKERS_SQL), (actor.dbid,)).fetchall()
         live = [wid for wid, status in statuses if status in workers.LIVE_STATUSES]
         if actor.status not in ("ERROR", "SHUTTING_DOWN") and not live:
             workers._new_row(actor, now)
@@ -118,8 +118,3 @@ def purge_messages(services: Any, identity: Identity, identifier: str) -> dict[s
     return {"msg": "Actor mailbox purged.",
             "_links": {"self": f"{base}/actors/{actor.id}/messages",
                        "owner": f"{base}/profiles/{actor.owner}"}}
-
-
-def idle_worker_ids(actor_dbid: str) -> list[str]:
-    return [w.id for w in Worker.select(Worker.id).where(
-        (Worker.actor_dbid == actor_dbid) & (Worker.status == "READY"))]

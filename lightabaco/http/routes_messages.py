@@ -108,9 +108,9 @@ async def wait_synchronous(request: Request, sent: messages.Sent) -> Response:
                 if data is not None:
                     return Response(data, media_type="application/octet-stream")
                 if status == "ERROR":
-                    return error(f"Synchronous execution {sent.execution_id} ended in ERROR: "
-                                 f"{await call(executions.error_reason, sent.execution_dbid)} Inspect it with GET "
-                                 f".../executions/{sent.execution_id}.", 500,
+                    reason = await call(executions.error_reason, sent.execution_dbid)
+                    return error(f"Synchronous execution {sent.execution_id} ended in ERROR: {reason} "
+                                 f"Inspect it with GET .../executions/{sent.execution_id}.", 500,
                                  result={"execution_id": sent.execution_id})
                 text = await call(executions.final_logs, services, sent.execution_dbid)
                 return Response(text, media_type="text/html")

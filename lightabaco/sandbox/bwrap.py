@@ -40,7 +40,13 @@ RESULTS_SOCK = "/_abaco_results.sock"
 _RO_ROOT_NEEDS = ("proc", "dev", "tmp", BINARY_DATA[1:], RESULTS_SOCK[1:])
 # Binary messages up to this size reach the sandbox from memory; larger ones through a file.
 INLINE_BINARY_MAX = 64 << 20
-NPROC_SLACK = 8
+
+
+def nproc_limit(max_procs: int) -> int:
+    """RLIMIT_NPROC for a sandbox whose watchdog ends it at `max_procs` processes: some slack above,
+    so that a fork bomb pressing against the kernel limit (its count dips while children exit)
+    still reaches the watchdog's threshold (with 8 tasks of slack it hovered at 1020 of 1024)."""
+    return max_procs + max(16, max_procs // 8)
 
 
 def build_env(spec: ExecSpec, hostname: str, home: str) -> dict[str, str]:
@@ -324,10 +330,8 @@ class BwrapBackend:
         # user namespace is checked against the tasks of that namespace only (the kernel's
         # per-userns ucounts), not against all of the host uid's processes (measured: with 80 host
         # processes of the same uid, a limit of 50 gave the sandbox exactly 50 tasks). The notes'
-        # "useless" verdict holds for RLIMIT_NPROC set before bwrap, as prlimit(1) would. A few
-        # tasks of slack above the watchdog's threshold, so that a fork bomb stuck at the limit
-        # is seen there and ended instead of spinning until the wall-clock limit.
-        nproc = max_procs + NPROC_SLACK
+        # "useless" verdict holds for RLIMIT_NPROC set before bwrap, as prlimit(1) would.
+        nproc = nproc_limit(max_procs)
         rlimits.append((resource.RLIMIT_NPROC, (nproc, nproc)))
         # bwrap 0.8 takes only options from --args; the command must stay on the real argv.
         argv = [self.bwrap, "--args", str(memfd), "--", *command]

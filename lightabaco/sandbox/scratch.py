@@ -94,8 +94,9 @@ def _private_dir(path: Path, mode: int) -> bool:
         return False
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
         return False
-    if stat.S_IMODE(st.st_mode) != mode:
-        os.chmod(path, mode)
+    current = stat.S_IMODE(st.st_mode)
+    if current & mode != mode:  # only ever add the search bits another backend may need
+        os.chmod(path, current | mode)
     return True
 
 
@@ -198,7 +199,7 @@ class Scratch:
         return removed
 
     def _collect_binary_files(self) -> list[str]:
-        removed = []
+        removed: list[str] = []
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 database = peewee.DatabaseProxy()
+LOCK_WAIT_S = 10.0
 
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
@@ -57,14 +58,22 @@ def connect(settings: "Settings", create: bool = True) -> peewee.Database:
     """Bind the proxy to this instance's database (creating tables when asked) and return it."""
     db = open_database(settings.database_url or settings.db_path)
     database.initialize(db)
-    try:
-        db.connect(reuse_if_open=True)
-    except peewee.OperationalError as exc:
-        raise StoreError(f"cannot open the database {settings.database_url or settings.db_path}: {exc}; "
-                         "check that the home directory is writable (--home DIR)") from exc
-    if create:
-        create_tables()
-    return db
+    # Two processes opening a new database at once (the split `api` + `workers` deployment) race to
+    # switch it to WAL, which SQLite answers with "locked" without waiting: retry for a while.
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            db.connect(reuse_if_open=True)
+            if create:
+                create_tables()
+            return db
+        except peewee.OperationalError as exc:
+            if not db.is_closed():
+                db.close()
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise StoreError(f"cannot open the database {settings.database_url or settings.db_path}: "
+                                 f"{exc}; check that the home directory is writable (--home DIR)") from exc
+            time.sleep(0.05)
 
 
 def all_models() -> list[type[peewee.Model]]:
@@ -97,9 +106,6 @@ def close() -> None:
             database.close()
     except Exception:  # an unbound proxy has nothing to close
         pass
-
-
-LOCK_WAIT_S = 10.0
 
 
 @contextlib.contextmanager

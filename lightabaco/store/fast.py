@@ -32,7 +32,7 @@ def get_one(model: type[M], field_name: str, value: Any) -> M | None:
         columns = ", ".join(_quote(f.column_name) for f in fields)
         where = _quote(model._meta.fields[field_name].column_name)
         sql = f"SELECT {columns} FROM {_quote(model._meta.table_name)} WHERE {where} = ? LIMIT 1"
-        cached = _select_cache[key] = (_placeholders(sql), fields)
+        cached = _select_cache[key] = (placeholders(sql), fields)
     sql, fields = cached
     row = database.execute_sql(sql, (value,)).fetchone()
     if row is None:
@@ -56,7 +56,7 @@ def insert(model: type[peewee.Model], **values: Any) -> Any:
         columns = ", ".join(_quote(f.column_name) for f in fields)
         marks = ", ".join("?" for _ in fields)
         sql = f"INSERT INTO {_quote(meta.table_name)} ({columns}) VALUES ({marks})"
-        cached = _insert_cache[key] = (_placeholders(sql), fields)
+        cached = _insert_cache[key] = (placeholders(sql), fields)
     sql, fields = cached
     params = []
     for f in fields:
@@ -69,7 +69,7 @@ def insert(model: type[peewee.Model], **values: Any) -> Any:
     return cursor.lastrowid
 
 
-def _placeholders(sql: str) -> str:
+def placeholders(sql: str) -> str:
     """SQLite uses '?', PostgreSQL drivers '%s' (peewee's param style for that database)."""
     param = getattr(database.obj, "param", "?") if database.obj is not None else "?"
     return sql if param == "?" else sql.replace("?", param)
@@ -91,7 +91,7 @@ def update(model: type[peewee.Model], where: dict[str, Any], **values: Any) -> i
         sets = ", ".join(f"{_quote(f.column_name)} = ?" for f in fields)
         tests = " AND ".join(f"{_quote(f.column_name)} = ?" for f in cfields)
         sql = f"UPDATE {_quote(meta.table_name)} SET {sets} WHERE {tests}"
-        cached = _update_cache[key] = (_placeholders(sql), fields + cfields)
+        cached = _update_cache[key] = (placeholders(sql), fields + cfields)
     sql, fields = cached
     args = [values[n] for n in names] + [where[n] for n in conds]
     params = [f.db_value(v) if v is not None else None for f, v in zip(fields, args)]

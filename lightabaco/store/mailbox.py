@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightabaco.store.db import database, write_tx
+from lightabaco.store.fast import placeholders
 from lightabaco.store.models import JSONField, Message
 
 _json = JSONField()
@@ -54,7 +55,8 @@ RETURNING id, actor_dbid, execution_id, body, content_type, env, attempts
 def claim(actor_dbid: str, owner: str, lease_s: float, now: float | None = None) -> Claimed | None:
     """Lease the oldest claimable message of an actor to `owner`. Call inside write_tx()."""
     now = time.time() if now is None else now
-    row = database.execute_sql(_CLAIM_SQL, (owner, now + lease_s, actor_dbid)).fetchone()
+    cursor = database.execute_sql(placeholders(_CLAIM_SQL), (owner, now + lease_s, actor_dbid))
+    row = cursor.fetchone()
     if row is None:
         return None
     return Claimed(id=row[0], actor_dbid=row[1], execution_id=row[2], body=bytes(row[3]),

@@ -41,7 +41,7 @@ def claim_next(worker_id: str, actor_dbid: str, revision: int, lease_s: float,
     (its actor is gone, in another revision, or being deleted); the caller checks `should_stop`.
     """
     # A read first: idle workers woken together must not all queue for the write lock for nothing.
-    if database.execute_sql(_ANY_WAITING_SQL, (actor_dbid,)).fetchone() is None:
+    if database.execute_sql(fast.placeholders(_ANY_WAITING_SQL), (actor_dbid,)).fetchone() is None:
         return None
     now = time.time()
     with write_tx():
@@ -122,7 +122,11 @@ class Runner:
             Result.insert(execution_dbid=exec_dbid, data=data, created=time.time()).execute()
             self.services.notifier.execution_event(exec_dbid)
 
-        spec = ExecSpec(image=self.image, execution_id=claimed.execution_id, env=env,
+        # A re-run (at-least-once after a crash) gets its own sandbox id: the interrupted run's scratch
+        # may still exist. The execution id the actor sees ($_abaco_execution_id) stays the same.
+        sandbox_id = claimed.execution_id if claimed.attempts == 1 else \
+            f"{claimed.execution_id}-{claimed.attempts}"
+        spec = ExecSpec(image=self.image, execution_id=sandbox_id, env=env,
                         binary_message=claimed.body if claimed.content_type == BINARY else None,
                         use_image_user=actor.use_container_uid,
                         network="host" if self.settings.network == "host" else "none",
@@ -198,7 +202,7 @@ class Runner:
                 runtime=int(max(result.wall_s, 0)), cpu=int(max(result.cpu_ns, 0)),
                 io=int(max(result.io_bytes, 0)), exit_code=exit_code,
                 final_state=final_state(result, exit_code, error), live_log_path=None)
-            database.execute_sql(_ACK_SQL, (claimed.id, self.worker_id))
+            database.execute_sql(fast.placeholders(_ACK_SQL), (claimed.id, self.worker_id))
             fast.update(Worker, {"id": self.worker_id}, status="READY", last_execution_time=now)
         self.services.notifier.execution_event(exec_dbid)
         try:

@@ -78,7 +78,7 @@ class WorkerProcess:
         if actor is None:
             return None
         self.set_status("PULLING IMAGE", pid=os.getpid(), cid=str(os.getpid()),
-                        location=f"local://{self.settings.backend}", last_health_check_time=time.time())
+                        last_health_check_time=time.time())
         try:
             image = self.services.images.ensure(actor.image)
         except Exception as exc:
@@ -96,6 +96,7 @@ class WorkerProcess:
             log.error("no usable sandbox backend: %s", exc)
             self.set_status("ERROR", status_message=str(exc))
             raise SystemExit(EXIT_BACKEND)
+        self.set_status("CREATING CONTAINER", location=f"local://{getattr(backend, 'name', 'sandbox')}")
         return image
 
     def actor_error(self, actor: Actor, message: str) -> None:

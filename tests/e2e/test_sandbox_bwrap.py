@@ -309,9 +309,11 @@ def test_io_counts_bytes_written(bwrap_backend, bb_image, make_spec):
 def test_scratch_removed_and_stale_scratch_collected(bwrap_backend, bb_image, make_spec, sandbox_dir):
     from lightabaco.sandbox.bwrap import BwrapBackend
 
-    res = bwrap_backend.run(make_spec(bb_image, "/bin/true", execution_id="gone1"))
-    assert res.exit_code == 0 and not (bwrap_backend.scratch.root / "gone1").exists()
-    stale = bwrap_backend.scratch.root / "crashed1"
+    ex = bwrap_backend.start(make_spec(bb_image, "/bin/sleep", "0.3", execution_id="gone1"))
+    assert (bwrap_backend.scratch.run_root / "gone1" / "results.sock").is_socket()
+    res = ex.wait(20)
+    assert res.exit_code == 0 and not (bwrap_backend.scratch.run_root / "gone1").exists()
+    stale = bwrap_backend.scratch.run_root / "crashed1"
     stale.mkdir()
     (stale / "binary_data").write_bytes(b"x")
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
@@ -385,10 +387,11 @@ def test_binary_message_above_the_inline_size_goes_through_a_file(bwrap_backend,
     deadline = time.monotonic() + 10
     while ex.child_pid is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert (bwrap_backend.scratch.root / ex.id / "binary_data").exists()
+    big = bwrap_backend.scratch.root / f"{ex.id}.binary-data"
+    assert big.read_bytes() == payload
     res = ex.wait(20)
     assert Path(res.log_path).read_bytes() == payload
-    assert not (bwrap_backend.scratch.root / ex.id).exists()
+    assert not big.exists() and not (bwrap_backend.scratch.run_root / ex.id).exists()
 
 
 def test_max_rss_reflects_the_actor_not_the_runtime(bwrap_backend, py_image, make_spec):
@@ -420,6 +423,7 @@ def test_root_explains_an_unreachable_rootfs(bwrap_backend, sandbox_dir, make_sp
     with pytest.raises(ExecutionSetupError, match=r"cannot reach .*`chmod o\+x .*private`"):
         bwrap_backend.start(make_spec(prepared(rootfs), "/bin/true"))
     assert [p.name for p in bwrap_backend.scratch.root.iterdir()] == ["logs"]
+    assert list(bwrap_backend.scratch.run_root.iterdir()) in ([], [bwrap_backend.scratch.root / "logs"])
 
 
 def test_rlimits_are_in_force_inside(bwrap_backend, bb_image, make_spec):
@@ -432,7 +436,7 @@ def test_rlimits_are_in_force_inside(bwrap_backend, bb_image, make_spec):
     assert rows["Max cpu time"] == ["9", "9"]
     assert rows["Max data size"] == [str(300 << 20)] * 2
     assert rows["Max file size"] == [str(5 << 20)] * 2
-    assert rows["Max processes"] == ["48", "48"]  # pids + NPROC_SLACK
+    assert rows["Max processes"] == ["56", "56"]  # bwrap.nproc_limit(40)
     assert rows["Max core file size"] == ["0", "0"]
 
 
@@ -479,3 +483,4 @@ def test_a_missing_mount_source_is_a_setup_error_before_anything_starts(bwrap_ba
         bwrap_backend.start(make_spec(bb_image, "/bin/true",
                                       mounts=[(sandbox_dir / "nope", "/data", True)]))
     assert [p.name for p in bwrap_backend.scratch.root.iterdir()] == ["logs"]
+    assert list(bwrap_backend.scratch.run_root.iterdir()) in ([], [bwrap_backend.scratch.root / "logs"])

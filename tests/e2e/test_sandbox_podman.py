@@ -52,7 +52,7 @@ raise SystemExit(9)
     assert res.exit_code == 9, text
     assert f"msg hello podman uid 1000 {len(payload)} {hashlib.sha256(payload).hexdigest()}" in text
     assert res.results == [b"r1", b"r2"] and res.results_rejected == 1
-    assert not (podman_backend.scratch.root / res.execution_id).exists()
+    assert not (podman_backend.scratch.run_root / res.execution_id).exists()
 
 
 def test_timeout_and_kill(podman_backend, bb_image, make_spec):

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = r"""
-import json, os, sys, time
+import json, os, shutil, sys, time
 from pathlib import Path
 from lightabaco.sandbox.backend import get_backend
 from lightabaco.sandbox.types import ExecSpec, ImageConfig, Limits, PreparedImage
@@ -47,6 +47,10 @@ finally:
     for p in host_sleepers:
         p.kill()
         p.wait()
+run_left = []
+if backend.scratch.run_root != scratch:  # the private tmpfs dir: must be empty, then removed
+    run_left = sorted(p.name for p in backend.scratch.run_root.iterdir())
+    shutil.rmtree(backend.scratch.run_root)
 print(json.dumps({
     "fork_reason": forks.reason,
     "fork_count": max([int(w) for w in Path(forks.log_path).read_text().split() if w.isdigit()] or [0]),
@@ -55,6 +59,7 @@ print(json.dumps({
     "nofile": next(l for l in limits.splitlines() if l.startswith("Max open files")),
     "cpu": next(l for l in limits.splitlines() if l.startswith("Max cpu time")),
     "me": os.getuid(), "scratch_left": sorted(p.name for p in scratch.iterdir()),
+    "run_left": run_left,
 }))
 """
 
@@ -86,7 +91,7 @@ def test_sandbox_runs_as_an_ordinary_user(unprivileged_user, busybox_rootfs, san
     assert out["uid_line"].split()[1:] == [str(pw.pw_uid)] * 4
     assert out["nofile"].split()[3:5] == ["64", "64"]
     assert out["cpu"].split()[3:5] == ["5", "5"]
-    assert out["scratch_left"] == ["logs"]
+    assert out["scratch_left"] == ["logs"] and out["run_left"] == []
     assert "limit of 30 processes" in out["fork_reason"], out["fork_reason"]
-    # Per sandbox, not per host user (40 host sleepers): at most the limit plus NPROC_SLACK tasks.
-    assert 5 <= int(out["fork_count"]) <= 30 + 8
+    # Per sandbox, not per host user (40 host sleepers): at most bwrap.nproc_limit(30) tasks.
+    assert 5 <= int(out["fork_count"]) <= 30 + 16

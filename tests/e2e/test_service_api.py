@@ -356,3 +356,13 @@ def test_camel_case_instance_and_log_truncation(server_factory):
     assert len(logs) < 5200
     summary = server.get(f"/actors/{aid}/executions").json()["result"]
     assert summary["totalExecutions"] == 1 and "messageReceivedTime" in summary["executions"][0]
+
+
+def test_autoscaler_adds_workers_for_a_stateless_backlog(live_server):
+    aid = live_server.register("lightabaco/sleep", max_workers=2)["id"]
+    eids = [live_server.send(aid, f"b{i}", params={"ITERATIONS": "1", "SLEEP": "0.3"}) for i in range(12)]
+    for eid in eids:
+        live_server.wait_execution(aid, eid, timeout=60)
+    workers_used = {live_server.get(f"/actors/{aid}/executions/{e}").json()["result"]["worker_id"]
+                    for e in eids}
+    assert len(workers_used) == 2  # scaled up to max_workers, and not beyond

@@ -77,7 +77,9 @@ def test_kill_during_burst_loses_no_accepted_message(server_factory):
     for eid in errored:
         detail = server.get(f"/actors/{aid}/executions/{eid}").json()["result"]
         assert detail.get("status_message"), detail
-    assert len(complete) == n_accepted, (len(complete), len(errored), n_accepted)
+    reasons = [server.get(f"/actors/{aid}/executions/{e}").json()["result"].get("status_message")
+               for e in errored]
+    assert len(complete) == n_accepted, (len(complete), n_accepted, reasons)
     assert not [e for e in summary["executions"] if e["status"] == "RUNNING"]
     # Executions that a worker had started before the kill ran again and produced logs.
     for eid in accepted[:: max(1, n_accepted // 20)]:

@@ -133,3 +133,33 @@ def test_workers_admin_api_and_delete_actor(service_env):
     assert {w.status for w in Worker.select()} == {"SHUTDOWN_REQUESTED"}
     assert Message.select().count() == 0
     assert Execution.get(Execution.id == sent.execution_id).status == "ERROR"
+
+
+def test_token_actor_gets_an_access_token(service_env):
+    s, admin = service_env.services, service_env.admin()
+    actors.create_actor(s, admin, {"image": "img", "token": True})
+    row = Actor.get()
+    assert row.token is True
+    env = environment.build_env(s, row, {}, b"x", "str", "W1")
+    token = env["_abaco_access_token"]
+    assert token and token.count(".") == 2  # a JWT for the actor's owner
+    import jwt
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["tapis/username"] == "admin" and claims["exp"] > claims["iat"]
+
+
+def test_housekeeping_expires_logs_and_results(service_env):
+    from lightabaco.core import housekeeping
+    from lightabaco.store.models import Log, Result
+
+    s = service_env.services
+    now = 1_000_000.0
+    Log.insert(execution_dbid="DEV_a_e1", actor_dbid="DEV_a", text="old", expires=now - 1).execute()
+    Log.insert(execution_dbid="DEV_a_e2", actor_dbid="DEV_a", text="fresh", expires=now + 10).execute()
+    Log.insert(execution_dbid="DEV_a_e3", actor_dbid="DEV_a", text="forever", expires=None).execute()
+    Result.insert(execution_dbid="DEV_a_e1", data=b"old", created=now - 3601).execute()
+    Result.insert(execution_dbid="DEV_a_e1", data=b"new", created=now - 10).execute()
+    assert housekeeping.run(s, now=now) == {"logs": 1, "results": 1, "stray_logs": 0}
+    assert sorted(l.text for l in Log.select()) == ["forever", "fresh"]
+    assert [bytes(r.data) for r in Result.select()] == [b"new"]
