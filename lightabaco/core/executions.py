@@ -10,8 +10,11 @@ from lightabaco.core import actors as actors_mod
 from lightabaco.core.errors import NotFound, ValidationError
 from lightabaco.core.identity import Identity
 from lightabaco.core.serialize import display_time_or_null
-from lightabaco.store.db import write_tx
-from lightabaco.store.models import Actor, Execution, Log, Result
+
+from lightabaco.store import fast
+from lightabaco.store.db import database
+from lightabaco.store.fast import placeholders
+from lightabaco.store.models import Actor, Execution, Log
 
 TERMINAL = ("COMPLETE", "ERROR")
 
@@ -87,7 +90,7 @@ def read_live_log(path: str | None, limit: int) -> str:
 
 
 def logs_text(services: Any, row: Execution) -> str:
-    log = Log.get_or_none(Log.execution_dbid == row.dbid)
+    log = fast.get_one(Log, "execution_dbid", row.dbid)
     if log is not None:
         if log.expires is not None and log.expires < services.now():
             return ""
@@ -107,17 +110,24 @@ def get_logs(services: Any, identity: Identity, identifier: str, execution_id: s
                        "execution": f"{base}/actors/{actor.id}/executions/{row.id}"}}
 
 
+_FIRST_RESULT_SQL = ('SELECT "id", "data" FROM "result" WHERE "execution_dbid" = ? AND "created" >= ? '
+                     'ORDER BY "id" LIMIT 1')
+_DELETE_RESULT_SQL = 'DELETE FROM "result" WHERE "id" = ?'
+_STATUS_SQL = 'SELECT "status" FROM "execution" WHERE "dbid" = ?'
+
+
 def pop_result(services: Any, execution_dbid: str) -> bytes | None:
     """Remove and return the oldest unexpired result of an execution; None when there is none."""
     oldest_allowed = services.now() - services.settings.results_ttl_s
-    with write_tx():
-        row = (Result.select().where((Result.execution_dbid == execution_dbid)
-                                     & (Result.created >= oldest_allowed))
-               .order_by(Result.id).first())
+    while True:
+        # Read first (no write lock): a synchronous request asks often and usually finds nothing.
+        row = database.execute_sql(placeholders(_FIRST_RESULT_SQL),
+                                   (execution_dbid, oldest_allowed)).fetchone()
         if row is None:
             return None
-        Result.delete().where(Result.id == row.id).execute()
-    return bytes(row.data)
+        if database.execute_sql(placeholders(_DELETE_RESULT_SQL), (row[0],)).rowcount:
+            return bytes(row[1])
+        # Another reader popped it first: take the next one.
 
 
 def get_result(services: Any, identity: Identity, identifier: str, execution_id: str) -> bytes:
@@ -141,8 +151,8 @@ def force_quit(services: Any, identity: Identity, identifier: str, execution_id:
 
 
 def status_of(execution_dbid: str) -> str | None:
-    row = (Execution.select(Execution.status).where(Execution.dbid == execution_dbid).first())
-    return row.status if row else None
+    row = database.execute_sql(placeholders(_STATUS_SQL), (execution_dbid,)).fetchone()
+    return row[0] if row else None
 
 
 def live_log_path(execution_dbid: str) -> Path | None:
@@ -156,5 +166,5 @@ def error_reason(execution_dbid: str) -> str:
 
 
 def final_logs(services: Any, execution_dbid: str) -> str:
-    row = Execution.get_or_none(Execution.dbid == execution_dbid)
+    row = fast.get_one(Execution, "dbid", execution_dbid)
     return logs_text(services, row) if row else ""

@@ -4,7 +4,6 @@ authentication, Abaco envelopes for every error (404 unknown path, 405 wrong met
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import re
 import time
@@ -21,7 +20,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from lightabaco.core.doorbell import ExecutionWaiter
 from lightabaco.core.errors import AbacoError
 from lightabaco.http import envelope
-from lightabaco.http import routes_actors, routes_executions, routes_messages, routes_workers
+from lightabaco.http import (routes_actors, routes_admin, routes_executions, routes_messages,
+                             routes_search, routes_sharing, routes_workers)
+from lightabaco.http.auth import AuthMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +53,6 @@ class PathNormalizer:
                 scope["path"] = new
                 scope["raw_path"] = new.encode()
         await self.app(scope, receive, send)
-
-
-def _optional_routes(name: str) -> list:
-    """The sharing helper's route modules, while they may not exist yet."""
-    try:
-        module = importlib.import_module(f"lightabaco.http.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"lightabaco.http.{name}":
-            raise
-        return []
-    return list(getattr(module, "routes", []))
-
-
-def _auth_middleware() -> Any:
-    try:
-        module = importlib.import_module("lightabaco.http.auth")
-    except ModuleNotFoundError as exc:
-        if exc.name != "lightabaco.http.auth":
-            raise
-        return None
-    return module.AuthMiddleware
 
 
 async def abaco_error(request: Request, exc: Exception) -> Response:
@@ -110,19 +90,15 @@ def create_app(services: Any, waiter: ExecutionWaiter | None = None) -> Starlett
         finally:
             waiter.stop()
 
-    # Fixed words before /actors/{actor_id} (spec §1.1): the sharing helper's routes come first.
-    routes: list = []
-    for name in ("routes_admin", "routes_search", "routes_sharing"):
-        routes.extend(_optional_routes(name))
+    # Fixed words (/actors/admin, /search, /aliases, /configs, /utilization) come before
+    # /actors/{actor_id} (spec §1.1): the sharing routes are listed first.
+    routes: list = routes_admin.routes + routes_search.routes + routes_sharing.routes
     routes += routes_actors.routes + routes_messages.routes + routes_executions.routes
     routes += routes_workers.routes
 
     middleware = [Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
                              allow_headers=["*"]),
-                  Middleware(PathNormalizer)]
-    auth = _auth_middleware()
-    if auth is not None:
-        middleware.append(Middleware(auth, services=services))
+                  Middleware(PathNormalizer), Middleware(AuthMiddleware, services=services)]
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={AbacoError: abaco_error, HTTPException: http_error,

@@ -82,12 +82,10 @@ async def merged_fields(request: Request, limit: int) -> tuple[dict[str, Any], A
     fields = query_fields(request)
     fields.update(await form_fields(request, body))
     parsed: Any = NO_JSON
-    if media_type(request) == "application/json" or (
-            not media_type(request) and body.strip()[:1] in (b"{", b"[")):
-        if body.strip():
-            parsed = parse_json(body)
-            if isinstance(parsed, dict):
-                fields.update(parsed)
-            elif media_type(request) == "application/json" and not isinstance(parsed, dict):
-                pass  # state bodies may be any JSON value; field parsers ignore non-objects
+    kind = media_type(request)
+    # Like Flask's get_json(): JSON when declared; a body without a type is tried when it looks like one.
+    if body.strip() and (kind == "application/json" or (not kind and body.strip()[:1] in (b"{", b"["))):
+        parsed = parse_json(body)
+        if isinstance(parsed, dict):  # other JSON values (a state body may be "abc") carry no fields
+            fields.update(parsed)
     return fields, parsed

@@ -35,6 +35,9 @@ async def execution_item(request: Request) -> Response:
 async def execution_logs(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     actor_id, eid = request.path_params["actor_id"], request.path_params["execution_id"]
+    found = await search_or(request, "logs", actor_id)
+    if found is not None:
+        return found
     result = await call(executions.get_logs, services, identity, actor_id, eid)
     return respond(request, result, "Logs retrieved successfully.")
 

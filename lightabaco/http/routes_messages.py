@@ -98,7 +98,7 @@ async def wait_synchronous(request: Request, sent: messages.Sent) -> Response:
     end = loop_time() + deadline
     with waiter.watch(sent.execution_dbid) as watch:
         while True:
-            # Two indexed lookups, run inline like the enqueue (no thread hop on the hot path).
+            # Indexed lookups, run inline like the enqueue (no thread hop on the hot path).
             data = executions.pop_result(services, sent.execution_dbid)
             if data is not None:
                 return Response(data, media_type="application/octet-stream")
@@ -108,11 +108,11 @@ async def wait_synchronous(request: Request, sent: messages.Sent) -> Response:
                 if data is not None:
                     return Response(data, media_type="application/octet-stream")
                 if status == "ERROR":
-                    reason = await call(executions.error_reason, sent.execution_dbid)
+                    reason = executions.error_reason(sent.execution_dbid)
                     return error(f"Synchronous execution {sent.execution_id} ended in ERROR: {reason} "
                                  f"Inspect it with GET .../executions/{sent.execution_id}.", 500,
                                  result={"execution_id": sent.execution_id})
-                text = await call(executions.final_logs, services, sent.execution_dbid)
+                text = executions.final_logs(services, sent.execution_dbid)
                 return Response(text, media_type="text/html")
             if status is None:
                 raise AbacoError(f"Execution {sent.execution_id} disappeared (its actor was deleted).",

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from peewee import fn
+
 from lightabaco.store.db import database, write_tx
 from lightabaco.store.fast import placeholders
 from lightabaco.store.models import JSONField, Message
@@ -128,7 +130,7 @@ def count(actor_dbid: str) -> int:
 
 def count_all() -> dict[str, int]:
     """Waiting messages per actor."""
-    q = (Message.select(Message.actor_dbid, peewee_count()).where(Message.lease_owner.is_null())
+    q = (Message.select(Message.actor_dbid, fn.COUNT(Message.id)).where(Message.lease_owner.is_null())
          .group_by(Message.actor_dbid).tuples())
     return {a: n for a, n in q}
 
@@ -144,9 +146,3 @@ def purge(actor_dbid: str) -> list[str]:
 
 def delete_actor(actor_dbid: str) -> None:
     Message.delete().where(Message.actor_dbid == actor_dbid).execute()
-
-
-def peewee_count():  # type: ignore[no-untyped-def]
-    from peewee import fn
-
-    return fn.COUNT(Message.id)

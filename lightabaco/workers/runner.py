@@ -55,7 +55,8 @@ def claim_next(worker_id: str, actor_dbid: str, revision: int, lease_s: float,
         fast.update(Execution, {"dbid": f"{actor_dbid}_{claimed.execution_id}"}, status="RUNNING",
                     worker_id=worker_id, start_time=now, attempts=claimed.attempts,
                     live_log_path=str(log_path))
-        fast.update(Worker, {"id": worker_id}, status="BUSY")
+        # Conditional status changes never overwrite a SHUTDOWN_REQUESTED set by the API meanwhile.
+        fast.update(Worker, {"id": worker_id, "status": "READY"}, status="BUSY")
     return claimed, actor
 
 
@@ -203,7 +204,8 @@ class Runner:
                 io=int(max(result.io_bytes, 0)), exit_code=exit_code,
                 final_state=final_state(result, exit_code, error), live_log_path=None)
             database.execute_sql(fast.placeholders(_ACK_SQL), (claimed.id, self.worker_id))
-            fast.update(Worker, {"id": self.worker_id}, status="READY", last_execution_time=now)
+            fast.update(Worker, {"id": self.worker_id, "status": "BUSY"}, status="READY")
+            fast.update(Worker, {"id": self.worker_id}, last_execution_time=now)
         self.services.notifier.execution_event(exec_dbid)
         try:
             Path(log_path).unlink(missing_ok=True)
@@ -220,7 +222,7 @@ class Runner:
                              final_state=final_state(None, "undetermined", reason),
                              exit_code="undetermined").where(Execution.dbid == exec_dbid).execute()
             Message.delete().where(Message.id == claimed.id).execute()
-            Worker.update(status="READY").where(Worker.id == self.worker_id).execute()
+            fast.update(Worker, {"id": self.worker_id, "status": "BUSY"}, status="READY")
         self.services.notifier.execution_event(exec_dbid)
 
     def requeue_or_fail(self, claimed: Claimed, actor: Actor, reason: str) -> None:
@@ -232,7 +234,7 @@ class Runner:
             Execution.update(status="SUBMITTED", live_log_path=None).where(
                 Execution.dbid == exec_dbid).execute()
             mailbox.nack(claimed.id, self.worker_id, count_attempt=True)
-            Worker.update(status="READY").where(Worker.id == self.worker_id).execute()
+            fast.update(Worker, {"id": self.worker_id, "status": "BUSY"}, status="READY")
 
 
 class StartFailure(Exception):

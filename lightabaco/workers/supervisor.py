@@ -81,6 +81,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._last_lease_check = 0.0
         self.bell: Doorbell | None = None
+        self.backend_error = ""  # set when no sandbox backend can run here: no worker is started
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -113,6 +114,13 @@ class Supervisor:
             self._reaped(wid, 0, restart=False)
         if self.bell is not None:
             self.bell.close()
+
+    def no_backend(self, reason: str) -> None:
+        """A worker found no usable sandbox backend: stop starting workers (they would only die at
+        start, in a loop) and say why on the actors that wait."""
+        self.backend_error = (f"No sandbox backend can run executions on this host: {reason} Fix it "
+                              "(see `lightabaco doctor`) and restart the server.")
+        log.error("%s", self.backend_error)
 
     def _loop(self) -> None:
         assert self.bell is not None
@@ -150,6 +158,14 @@ class Supervisor:
                 # A row without a process: asked to stop before it started, or left by a worker that
                 # is gone. Either way nothing runs it.
                 Worker.delete().where(Worker.dbid == row.dbid).execute()
+        if self.backend_error:
+            # Say why nothing runs, on every actor waiting for a worker (not its fault: no ERROR).
+            waiting_actors = {r.actor_dbid for r in pending}
+            if waiting_actors:
+                Actor.update(status_message=self.backend_error).where(
+                    Actor.dbid.in_(list(waiting_actors))
+                    & (Actor.status_message != self.backend_error)).execute()
+            return
         for row in sorted(pending, key=lambda r: r.create_time):
             if self._running_count() >= self.settings.workers and not self._evict_one(row.actor_dbid):
                 break
@@ -195,6 +211,9 @@ class Supervisor:
             recover_leases(leases, self.settings.max_attempts, "Its worker process died")
         if row is not None:
             Worker.delete().where(Worker.id == wid).execute()
+        if code == EXIT_BACKEND:
+            self.no_backend(row.status_message if row is not None and row.status_message else
+                            f"worker {wid} could not start a sandbox backend.")
         if code not in (0, EXIT_IMAGE) and code != -15:
             log.warning("worker %s exited with status %s", wid, code)
         if not restart or row is None or code in (0, EXIT_IMAGE, EXIT_BACKEND):
@@ -264,8 +283,8 @@ class Supervisor:
             queued = waiting.get(actor.dbid, 0)
             cap = min(actor.max_workers or self.settings.max_workers_per_actor, self.settings.workers)
             starting_or_idle = [w for w in ws if w.status != "BUSY"]
-            if queued > len(starting_or_idle) and len(ws) < cap and \
-                    self._running_count() < self.settings.workers:
+            if queued > len(starting_or_idle) and len(ws) < cap:
+                # At the global cap the new row waits until an idle worker of a quiet actor is evicted.
                 worker_records.request_worker(self.services, actor)
             elif queued == 0 and len(ws) > 1:
                 # Keep one warm worker; stop extra idle ones after worker_idle_s.

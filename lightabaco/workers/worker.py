@@ -58,10 +58,14 @@ class WorkerProcess:
         self.actor_dbid = actor_dbid
         self.revision = revision
         self.stopping = False
+        self.keep_row = False
         self.log_dir = self.settings.exec_dir / "logs"
 
     def set_status(self, status: str, **extra: Any) -> None:
-        Worker.update(status=status, **extra).where(Worker.id == self.worker_id).execute()
+        """Move through the start-up statuses, never over a stop request written meanwhile."""
+        Worker.update(status=status, **extra).where(
+            (Worker.id == self.worker_id)
+            & ~Worker.status.in_(["SHUTDOWN_REQUESTED", "SHUTTING_DOWN"])).execute()
 
     def should_stop(self) -> bool:
         if self.stopping:
@@ -95,6 +99,7 @@ class WorkerProcess:
         except Exception as exc:
             log.error("no usable sandbox backend: %s", exc)
             self.set_status("ERROR", status_message=str(exc))
+            self.keep_row = True  # the supervisor reads the reason from it
             raise SystemExit(EXIT_BACKEND)
         self.set_status("CREATING CONTAINER", location=f"local://{getattr(backend, 'name', 'sandbox')}")
         return image
@@ -111,7 +116,9 @@ class WorkerProcess:
     def become_ready(self) -> None:
         now = time.time()
         with write_tx():
-            self.set_status("READY", last_health_check_time=now)
+            Worker.update(status="READY", last_health_check_time=now).where(
+                (Worker.id == self.worker_id)
+                & ~Worker.status.in_(["SHUTDOWN_REQUESTED", "SHUTTING_DOWN"])).execute()
             became = Actor.update(status="READY", status_message=" ").where(
                 (Actor.dbid == self.actor_dbid) & (Actor.revision == self.revision)
                 & (Actor.status != "READY") & (Actor.status != "SHUTTING_DOWN")).execute()
@@ -130,20 +137,24 @@ class WorkerProcess:
             self.become_ready()
             runner = Runner(self.services, self.worker_id, image, bell, self.log_dir)
             failures = 0
+            busy = False
             last_beat = last_check = time.monotonic()
             while not self.stopping:
                 rings = bell.drain()
                 if b"stop" in rings or runner.stop_requested:
                     break
-                # The claim itself refuses work for a stale revision or a deleted actor; the full check
-                # (our own row asked to stop) runs at most every STOP_CHECK_S between executions.
-                if time.monotonic() - last_check >= STOP_CHECK_S:
+                # The claim itself refuses work for a stale revision or a deleted actor. The full check
+                # (our own row asked to stop, in case a ring was lost) runs every STOP_CHECK_S while
+                # busy, and after each quiet second while idle - never on the wake-up path.
+                if busy and time.monotonic() - last_check >= STOP_CHECK_S:
                     last_check = time.monotonic()
+                    busy = False
                     if self.should_stop():
                         break
                 got = claim_next(self.worker_id, self.actor_dbid, self.revision, self.settings.lease_s,
                                  self.log_dir)
                 if got is not None:
+                    busy = True
                     try:
                         runner.execute(*got)
                         failures = 0
@@ -158,14 +169,17 @@ class WorkerProcess:
                     continue
                 if time.monotonic() - last_beat >= HEARTBEAT_S:
                     last_beat = time.monotonic()
-                    self.set_status("READY", last_health_check_time=time.time())
-                if b"stop" in bell.wait(IDLE_WAIT_S):
+                    Worker.update(last_health_check_time=time.time()).where(
+                        Worker.id == self.worker_id).execute()
+                rings = bell.wait(IDLE_WAIT_S)
+                if b"stop" in rings:
                     break
-                if self.should_stop():  # idle: nothing claimable, maybe because we are stale
+                if not rings and self.should_stop():  # a quiet second: are we stale or asked to stop?
                     break
             return EXIT_OK
         finally:
-            Worker.delete().where(Worker.id == self.worker_id).execute()
+            if not self.keep_row:
+                Worker.delete().where(Worker.id == self.worker_id).execute()
             bell.close()
 
 

@@ -135,7 +135,8 @@ def test_sync_message_returns_logs(live_server):
 
 
 def test_sync_deadline_answers_504_and_queue_rule(live_server):
-    aid = live_server.register("lightabaco/sleep")["id"]
+    # One worker only, so that the autoscaler cannot drain the queue this test fills.
+    aid = live_server.register("lightabaco/sleep", max_workers=1)["id"]
     t0 = time.monotonic()
     r = live_server.post(f"/actors/{aid}/messages?_abaco_synchronous=true&ITERATIONS=60&SLEEP=0.2",
                          data={"message": "slow"})

@@ -86,3 +86,19 @@ def test_kill_during_burst_loses_no_accepted_message(server_factory):
         assert "Contents of MSG: m" in server.logs(aid, eid)
     print(f"\naccepted {n_accepted} of {BURST} before the kill ({refused[0]} requests failed with it); "
           f"just before the kill: {states}; {recovery}; all {len(complete)} COMPLETE after restart")
+
+
+def test_killed_worker_process_is_replaced_and_its_message_runs_again(live_server):
+    import os
+    import signal
+
+    aid = live_server.register("lightabaco/sleep")["id"]
+    eid = live_server.send(aid, "crash me", params={"ITERATIONS": "4", "SLEEP": "0.5"})
+    ex = live_server.wait_execution(aid, eid, ("RUNNING",))
+    worker = live_server.get(f"/actors/{aid}/workers/{ex['worker_id']}").json()["result"]
+    os.kill(int(worker["cid"]), signal.SIGKILL)
+    done = live_server.wait_execution(aid, eid, timeout=60)
+    assert done["status"] == "COMPLETE" and done["worker_id"] != ex["worker_id"]
+    assert "done" in live_server.logs(aid, eid)
+    ids = [w["id"] for w in live_server.get(f"/actors/{aid}/workers").json()["result"]]
+    assert ex["worker_id"] not in ids and len(ids) == 1

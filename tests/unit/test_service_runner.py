@@ -166,3 +166,21 @@ def test_recovery_requeues_running_and_marks_orphans(service_env):
     recover_leases([(0, row.dbid, first.execution_id, 3)], 3, "Its worker process died")
     ex = Execution.get(Execution.id == first.execution_id)
     assert ex.status == "ERROR" and "delivered 3 times" in ex.status_message
+
+
+def test_supervisor_without_a_backend_explains_instead_of_spawning(service_env):
+    from lightabaco.workers.supervisor import Supervisor
+    from lightabaco.workers.worker import EXIT_BACKEND
+
+    s, admin, a, row, worker = setup_actor(service_env)
+    # A worker reports the unusable backend on its row, then exits with EXIT_BACKEND.
+    Worker.update(status="ERROR", status_message="bwrap: user namespaces are disabled").execute()
+    sup = Supervisor(s)
+    sup._reaped(worker.id, EXIT_BACKEND)
+    messages.send_message(s, admin, a["id"], "hi", messages.STR, {})  # requests a new worker
+    sup.reconcile()
+    assert "user namespaces are disabled" in sup.backend_error
+    assert sup.procs == {} and Worker.get().status == "REQUESTED"
+    actor = Actor.get()
+    assert "No sandbox backend can run executions" in actor.status_message
+    assert actor.status == "SUBMITTED"  # not the actor's fault
