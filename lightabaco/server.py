@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,15 +30,31 @@ log = logging.getLogger("lightabaco.server")
 def first_run(settings: Settings) -> str:
     """Create the home, the database and the owner token; returns the token ("" with --auth none).
     Safe to call again: nothing existing is replaced."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    # 0711: others (the sandbox user, when we run as root) may traverse to the image store but not
+    # list the home, which holds the token, the signing key and the database (nonce ids are credentials).
+    settings.home.mkdir(mode=0o711, parents=True, exist_ok=True)
     for sub in (settings.images_dir, settings.exec_dir, settings.run_dir):
-        sub.mkdir(parents=True, exist_ok=True)
+        sub.mkdir(mode=0o711, parents=True, exist_ok=True)
     db.connect(settings, create=True)
+    _restrict_database_files(settings)
     if settings.auth == "none":
         return ""
     from lightabaco.core import auth
 
     return auth.ensure_owner_token(settings.home, settings.tenant)
+
+
+def _restrict_database_files(settings: Settings) -> None:
+    """Make an SQLite database in the home readable by its owner only (with its WAL and shm files)."""
+    url = settings.database_url or ""
+    if url and not url.startswith("sqlite"):
+        return
+    for path in settings.home.glob("*.db*"):
+        try:
+            if path.is_file() and path.stat().st_uid == os.geteuid():
+                path.chmod(0o600)
+        except OSError:
+            pass
 
 
 def build_services(settings: Settings) -> Services:
@@ -111,6 +128,9 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
         supervisor.start(recover=True)
         ticker = Ticker(services)
         ticker.start()
+        from lightabaco.core import events
+
+        events.start_delivery(services)  # webhooks a previous run left pending go out now
     try:
         if api:
             server = _uvicorn_server(settings, services)

@@ -112,10 +112,10 @@ def display(services: Any, identity: Identity | None, row: Actor) -> dict[str, A
 
 
 def _validate(services: Any, identity: Identity, raw: Mapping[str, Any], values: dict[str, Any],
-              specs: list[FieldSpec], creating: bool) -> None:
+              specs: list[FieldSpec], creating: bool, previous: Any = None) -> None:
     case = services.settings.case
     provided = {s.name for s in specs if present(raw, s, case)}
-    hooks.check_privileged_fields(identity, provided & PRIVILEGED_FIELDS)
+    hooks.check_privileged_fields(identity, {name: values.get(name) for name in provided & PRIVILEGED_FIELDS})
     hints = []
     for hint in values["hints"] or []:
         text = str(hint)
@@ -145,7 +145,9 @@ def _validate(services: Any, identity: Identity, raw: Mapping[str, Any], values:
     if values["log_ex"] is not None:
         values["log_ex"] = min(values["log_ex"], services.settings.log_ex_limit)
     if values["cron_schedule"]:
-        values["cron_next_ex"] = hooks.cron_validate(values["cron_schedule"], services.now())
+        values["cron_next_ex"] = hooks.cron_validate(
+            services, values["cron_schedule"], services.now(),
+            getattr(previous, "cron_schedule", None), getattr(previous, "cron_next_ex", None))
         if creating:
             values["cron_on"] = True
     else:
@@ -198,7 +200,7 @@ def update_actor(services: Any, identity: Identity, identifier: str,
     if not row.stateless and values["stateless"]:
         raise ValidationError(f"{DESCRIPTION_PREFIX}: an actor that was not stateless cannot be updated "
                               "to be stateless.")
-    _validate(services, identity, raw, values, _PUT_FIELDS, creating=False)
+    _validate(services, identity, raw, values, _PUT_FIELDS, creating=False, previous=row)
     force = values.pop("force")
     restart = force or values["image"] != row.image
     hooks.validate_link(services, identity, row, values["link"])

@@ -33,7 +33,8 @@ def visible_actor_dbids(services: Any, identity: Identity) -> set[str] | None:
     return permissions.visible_actor_dbids(services, identity)
 
 
-def check_privileged_fields(identity: Identity, fields: set[str]) -> None:
+def check_privileged_fields(identity: Identity, fields: dict[str, Any]) -> None:
+    """Refuse privileged-only fields (by value: `privileged=false` is allowed to everyone)."""
     permissions.check_privileged_fields(identity, fields)
 
 
@@ -42,9 +43,14 @@ def resolve_actor_id(services: Any, tenant: str, identifier: str) -> str:
     return aliases.resolve_actor_id(services, tenant, identifier)
 
 
-def cron_validate(schedule: str, now: float) -> str:
-    """The actor's next cron slot (`cron_next_ex`) for a schedule; AbacoError when malformed."""
-    return cron.validate(schedule, now)
+def cron_validate(services: Any, schedule: str, now: float, previous_schedule: str | None = None,
+                  previous_next_ex: str | None = None) -> str:
+    """The actor's next cron slot (`cron_next_ex`) for a schedule; AbacoError when malformed.
+
+    On a PUT that keeps the schedule, its cadence is kept (a fresh validation would refuse its start
+    as "old")."""
+    strict = bool(getattr(services.settings, "strict_cron_500", False))
+    return cron.revalidate(schedule, now, previous_schedule, previous_next_ex, strict_500=strict)
 
 
 def cron_tick(services: Any, now: float) -> int:
