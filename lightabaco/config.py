@@ -45,7 +45,9 @@ class Settings:
     # Per-execution limits (an actor's own max_run_time / mem_limit / max_cpus win).
     default_max_run_time: float = 300.0  # seconds; <= 0 means unlimited
     network: str = "none"  # none | host : whether actors see the host network
-    mem_limit: str = ""  # e.g. "512m"; empty = unlimited
+    # Default memory cap per execution (RLIMIT_DATA per process plus a watchdog on the tree's RSS), so a
+    # memory hog cannot take the host down; an actor's own mem_limit wins. "" = unlimited.
+    mem_limit: str = "2g"
     max_cpus: float = 0.0  # 0 = unlimited
     max_body_bytes: int = 10_000_000  # largest request body (binary messages included)
     max_log_bytes: int = 1_000_000  # execution logs are truncated beyond this, with a marker
