@@ -38,6 +38,8 @@ BINARY_DATA = "/_abaco_binary_data"
 RESULTS_SOCK = "/_abaco_results.sock"
 # Mount points that must already exist in a read-only image root (the image store prepares them).
 _RO_ROOT_NEEDS = ("proc", "dev", "tmp", BINARY_DATA[1:], RESULTS_SOCK[1:])
+# Size of the sandbox's /dev/shm (Docker's and podman's default --shm-size).
+DEV_SHM_BYTES = 64 << 20
 # Binary messages up to this size reach the sandbox from memory; larger ones through a file.
 INLINE_BINARY_MAX = 64 << 20
 
@@ -230,6 +232,10 @@ class BwrapBackend:
             results = ResultsSocket(exec_dir.path / "results.sock", spec.on_result, 0o600, owner)
             logs = LogSink(spec.log_path or self.scratch.default_log_path(spec.execution_id),
                            spec.limits.log_bytes)
+            if owner is not None:
+                # The sandbox user must own its stdout pipe, else reopening it (`echo x >
+                # /dev/stderr`, `tee /dev/stdout`: /proc/self/fd/N) is refused with EACCES.
+                os.fchown(logs.write_fd, *owner)
             plan = self._plan(spec, report, identity, env, command, hostname, rootfs,
                               exec_dir, host_user, fds, max_procs)
         except BaseException:
@@ -282,6 +288,12 @@ class BwrapBackend:
                 if not os.path.lexists(rootfs / d.lstrip("/")):
                     args += ["--dir", d]
         args += ["--proc", "/proc", "--dev", "/dev"]
+        # bwrap's /dev is a tmpfs without a size limit, owned by the sandbox user: an actor could
+        # fill half the host's RAM there (tmpfs pages count in no process's RSS, so neither the
+        # rlimits nor the memory watchdog see them). Give /dev/shm a Docker-sized tmpfs of its own
+        # and make the rest of /dev read-only (device nodes stay usable: they are separate mounts).
+        args += ["--size", str(DEV_SHM_BYTES), "--perms", "1777", "--tmpfs", "/dev/shm",
+                 "--remount-ro", "/dev"]
         if spec.limits.tmpfs_bytes:
             args += ["--size", str(int(spec.limits.tmpfs_bytes))]
         args += ["--perms", "1777", "--tmpfs", "/tmp"]

@@ -27,6 +27,8 @@ from lightabaco.store.models import Actor, Execution, Log, Message, Result, Work
 log = logging.getLogger(__name__)
 
 TRUNCATION_MARKER = " LOG LIMIT EXCEEDED; this execution log was TRUNCATED!"
+# Prefix of the line the service appends to a log when the platform ended or limited the execution.
+PLATFORM_LINE_PREFIX = "[lightabaco] "
 FORCE_QUIT_GRACE_S = 2.0
 _ANY_WAITING_SQL = 'SELECT 1 FROM "message" WHERE "actor_dbid" = ? AND "lease_owner" IS NULL LIMIT 1'
 # Acknowledge: delete the message, but only while this worker still holds its lease.
@@ -80,6 +82,28 @@ def read_log(path: Path, cap: int, truncated: bool) -> tuple[str, bool]:
     if truncated:
         text += TRUNCATION_MARKER
     return text, truncated
+
+
+def stop_reason(result: ExecResult) -> str:
+    """The sandbox's sentence when the platform ended or limited the execution, else "".
+
+    A plain exit ("exited with status 3") is the actor's own doing and stays out, as in Docker's
+    State.Error; a limit (time, memory, processes), a force quit or a setup failure is not something
+    the actor's own output can explain, so the user must be told.
+    """
+    if result.failure or result.timed_out or result.killed:
+        return result.reason
+    if result.exit_code not in (None, 0) and result.reason != f"exited with status {result.exit_code}":
+        return result.reason
+    return ""
+
+
+def with_reason_line(text: str, reason: str) -> str:
+    """The log as stored: the actor's output, then one line saying why the platform stopped it."""
+    if not reason:
+        return text
+    sep = "" if not text or text.endswith("\n") else "\n"
+    return f"{text}{sep}{PLATFORM_LINE_PREFIX}{reason}\n"
 
 
 def final_state(result: ExecResult | None, exit_code: Any, error: str) -> dict[str, Any]:
@@ -188,7 +212,9 @@ class Runner:
         exit_code: Any = result.exit_code
         if exit_code is None:
             exit_code = 127 if result.failure == "exec" else "undetermined"
-        error = result.reason if (result.failure or result.timed_out or result.killed) else ""
+        error = stop_reason(result)
+        # Users read logs first: the reason also goes there, after the truncation marker if any.
+        text = with_reason_line(text, error)
         exec_dbid = f"{actor.dbid}_{claimed.execution_id}"
         with write_tx():
             if claimed.attempts > 1:  # a re-run replaces the log of the interrupted run
