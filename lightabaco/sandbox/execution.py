@@ -34,6 +34,12 @@ WATCHDOG_INTERVAL_S = 0.05  # how often a running sandbox's process count and me
 # Per-sandbox task limit when Limits.pids is not set: RLIMIT_NPROC inside the sandbox's user
 # namespace (counts threads too) and the watchdog's process-count threshold.
 DEFAULT_MAX_PROCS = 1024
+# The writable tmpfs mounts (/tmp, /dev/shm) cap bytes but not files: every empty file costs ~1 KiB
+# of unreclaimable kernel memory, counted in no process's RSS, and the kernel's default allows
+# millions (one actor made 428,000 in 4 s, 350 MB of slab). The watchdog allows one file per 4 KiB
+# of the /tmp size limit, together in both mounts (65,536 for the default 256 MiB).
+TMPFS_MOUNTS = ("tmp", "dev/shm")
+BYTES_PER_FILE = 4096
 KILL_ESCALATE_S = 2.0  # after SIGKILL of sandbox pid 1, kill the runtime itself if still alive
 LOG_DRAIN_S = 2.0  # how long to keep reading the log pipe after the runtime exited
 
@@ -53,6 +59,30 @@ class LaunchPlan:
     rlimits: list[tuple[int, tuple[int, int]]] = field(default_factory=list)  # prlimit()ed on pid 1
     # How to prlimit() pid 1 when it is not ours to change (root: rlimit_helper.RlimitHelper).
     prlimit: Callable[[int, list[tuple[int, tuple[int, int]]]], None] | None = None
+
+
+def tmpfs_files(pid: int) -> int:
+    """Files (inodes) in use in the sandbox's writable tmpfs mounts, seen through its pid 1's root.
+
+    0 when they cannot be looked at (the process is gone, or /proc refuses): the check is a
+    safeguard on top of the size limits, and must never fail an execution by itself.
+    """
+    root = f"/proc/{pid}/root"
+    total = 0
+    try:
+        root_dev = os.stat(root).st_dev
+    except OSError:
+        return 0
+    for mount in TMPFS_MOUNTS:
+        path = f"{root}/{mount}"
+        try:
+            if os.stat(path).st_dev == root_dev:
+                continue  # not a mount of its own: it is the (read-only) image, not a tmpfs
+            st = os.statvfs(path)
+        except OSError:
+            continue
+        total += max(st.f_files - st.f_ffree, 0)
+    return total
 
 
 class MonitoredExecution:
@@ -320,6 +350,13 @@ class MonitoredExecution:
             rss = procstats.rss_of(pids)
             if rss > limits.memory_bytes:
                 self.outcome.memory_exceeded = rss
+                self._terminate(0.0)
+                return
+        if limits.tmpfs_bytes:
+            max_files = max(int(limits.tmpfs_bytes) // BYTES_PER_FILE, 1024)
+            files = tmpfs_files(self.child_pid)
+            if files > max_files:
+                self.outcome.files_exceeded = (files, max_files)
                 self._terminate(0.0)
 
     def _terminate(self, grace: float) -> None:

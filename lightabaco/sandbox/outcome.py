@@ -24,6 +24,8 @@ class Outcome:
     proc_limit: int | None = None  # watchdog: stopped at this many processes
     proc_cap: int | None = None  # the process limit in force (for explaining failed forks)
     memory_exceeded: int | None = None  # watchdog: tree rss in bytes when it was stopped
+    # watchdog: (files in the writable tmpfs mounts, the limit) when it was stopped
+    files_exceeded: tuple[int, int] | None = None
     spawn_error: str | None = None  # the runtime binary itself could not be started
     internal_error: str | None = None
     failure_detail: str = ""  # the runtime's own message for a setup/exec failure
@@ -60,7 +62,7 @@ def describe(spec: ExecSpec, o: Outcome, *, exit_code: int | None, failure: str 
                          f"lightabaco failed while watching the execution ({o.internal_error}); "
                          "the sandbox was stopped - please report this")
     detail = o.failure_detail or "no message from the runtime"
-    stopped = o.killed or o.timed_out or o.proc_limit or o.memory_exceeded
+    stopped = o.killed or o.timed_out or o.proc_limit or o.memory_exceeded or o.files_exceeded
     if failure == "setup" and not stopped:
         return Described(None, None, "setup",
                          f"the sandbox could not be set up: {detail}; "
@@ -83,6 +85,9 @@ def describe(spec: ExecSpec, o: Outcome, *, exit_code: int | None, failure: str 
     elif o.memory_exceeded is not None:
         reason = (f"killed: its processes used {_mib(o.memory_exceeded)} of memory, over the "
                   f"{_mib(limits.memory_bytes or 0)} limit")
+    elif o.files_exceeded is not None:
+        reason = (f"killed: it created {o.files_exceeded[0]} files in /tmp and /dev/shm, over the "
+                  f"limit of {o.files_exceeded[1]}")
     elif (sig in (signal_mod.SIGKILL, signal_mod.SIGXCPU) and limits.cpu_seconds
           and cpu_ns >= 0.75 * limits.cpu_seconds * 1e9):
         # 0.75, not 1.0: under heavy host load the kernel's RLIMIT_CPU clock and the rusage

@@ -288,6 +288,10 @@ class PodmanBackend:
                 "--cidfile", str(exec_dir / "cid"), "--log-driver", "none",
                 f"--network={'host' if spec.network == 'host' else 'none'}",
                 "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
+                # --read-only alone adds /run and /var/tmp as tmpfs without a size limit (half the
+                # host's RAM, counted in no process's memory); only the sized /tmp below stays
+                # writable, as with bwrap.
+                "--read-only-tmpfs=false",
                 "--hostname", hostname, "--user", f"{uid}:{gid}",
                 "--workdir", spec.image.config.working_dir or "/",
                 "--tmpfs", f"/tmp:rw,mode=1777{',size=%d' % lim.tmpfs_bytes if lim.tmpfs_bytes else ''}",

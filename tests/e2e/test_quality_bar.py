@@ -4,8 +4,9 @@
 2. An actor cannot see another execution: not its processes, not its /tmp, not its record over HTTP.
 3. A fork bomb, a memory hog, a log flood and an endless loop each end COMPLETE within a bounded time
    with the reason visible to the user, while the server keeps answering and other actors keep running.
-4. SIGKILL the whole server at a seeded random moment (3 kill points), restart it: every message that
-   was accepted (200 + execution id) ends COMPLETE.
+4. SIGKILL the whole server at a seeded random moment (3 kill points; plus a graceful SIGTERM stop),
+   restart it: every message that was accepted (200 + execution id) ends COMPLETE, and no worker
+   or sandbox of the killed server outlives it.
 
 Every hostile actor is the same busybox image running its message as a shell script, so each test
 says in one line what the actor does.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -102,19 +104,30 @@ def test_actor_cannot_read_host_files(qb_server: LiveServer, tmp_path: Path) -> 
     # The sandbox's /etc/passwd is the image's (3 users), not the host's.
     assert "nobody:x:65534" in logs and "lightabaco-sbx" not in logs
     assert "nc-exit=1" in logs and "HTTP/1.1" not in logs
+    # Nothing of the server's own environment reaches the actor (its /proc/1/environ was printed).
+    assert "HOSTNAME=" in logs and "PYTHONPATH" not in logs and "LIGHTABACO" not in logs
 
 
-def test_actor_writes_are_bounded_and_stdio_works(qb_server: LiveServer) -> None:
+@pytest.mark.parametrize("backend", ["bwrap", "podman"])
+def test_actor_writes_are_bounded_and_stdio_works(qb_server: LiveServer, server_factory: Any,
+                                                   test_image_layouts: Path, backend: str) -> None:
     """The only writable places are size-capped tmpfs mounts: a memory hog cannot park gigabytes in
     files (tmpfs pages count in no process's memory, so no rlimit or watchdog would see them)."""
-    server = qb_server
+    if backend == "bwrap":
+        server = qb_server
+    else:
+        if shutil.which("podman") is None:
+            pytest.skip("podman is not installed")
+        server = server_factory(backend="podman", workers=2)
+        import_sh_image(server.home, test_image_layouts)
     aid = server.register(SH_IMAGE)["id"]
     script = "; ".join([
         "dd if=/dev/zero of=/dev/shm/fill bs=1M count=300 2>/dev/null",
         "dd if=/dev/zero of=/tmp/fill bs=1M count=600 2>/dev/null",
-        "dd if=/dev/zero of=/dev/fill bs=1M count=10 2>/dev/null",
-        "echo sizes: $(du -sk /dev/shm | cut -f1) $(du -sk /tmp | cut -f1) $(du -sk /dev | cut -f1)",
-        "for d in / /dev /etc /app /home/app /root /proc/sys /_abaco_binary_data; do "
+        "for d in /dev /run /var/tmp; do dd if=/dev/zero of=$d/fill bs=1M count=100 2>/dev/null; done",
+        "echo sizes: $(du -sk /dev/shm | cut -f1) $(du -sk /tmp | cut -f1) "
+        "$(du -skx /dev /run /var/tmp 2>/dev/null | awk '{s+=$1} END {print s+0}')",
+        "for d in / /dev /etc /app /home/app /root /proc/sys /_abaco_binary_data /run /var/tmp; do "
         "touch $d/qb-probe 2>/dev/null && echo writable:$d; done",
         # Scripts write to /dev/stderr and tee to /dev/stdout: the log pipe must reopen.
         "echo via-dev-stderr > /dev/stderr", "echo via-tee | tee /dev/stderr > /dev/null",
@@ -123,9 +136,9 @@ def test_actor_writes_are_bounded_and_stdio_works(qb_server: LiveServer) -> None
     ex, logs = run_script(server, aid, script)
     assert ex["status"] == "COMPLETE" and "the-end" in logs, logs
     sizes_line = next(line for line in logs.splitlines() if line.startswith("sizes:"))
-    shm_kib, tmp_kib, dev_kib = (int(x) for x in sizes_line.split()[1:])
+    shm_kib, tmp_kib, others_kib = (int(x) for x in sizes_line.split()[1:])
     assert shm_kib <= 64 * 1024 and tmp_kib <= 256 * 1024, sizes_line
-    assert dev_kib <= 64 * 1024 + 64, sizes_line  # /dev itself holds nothing but /dev/shm
+    assert others_kib <= 64, sizes_line  # nothing was written to /dev, /run or /var/tmp
     assert "writable:" not in logs, logs
     assert "via-dev-stderr" in logs and "via-tee" in logs, logs
 
@@ -215,8 +228,11 @@ HOSTILE = {
         "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do "
         '(a=x; n=0; while [ $n -lt 23 ]; do a="$a$a"; n=$((n+1)); done; sleep 30) & done; wait',
         ("memory", "64 MiB limit"), 20.0),
+    # Empty files cost no tmpfs bytes but ~1 KiB of kernel memory each, outside every process.
+    "file_flood": ({"max_run_time": 30}, "i=0; while :; do : > /tmp/f$i; : > /dev/shm/g$i; i=$((i+1)); done",
+                   ("files", "65536"), 20.0),
     "log_flood": ({"max_run_time": 3}, "yes", ("wall-clock",), 20.0),
-    "endless_loop": ({"max_run_time": 2}, "while :; do :; done", ("wall-clock",), 20.0),
+    "endless_loop": ({"max_run_time": 3}, "while :; do :; done", ("wall-clock",), 20.0),
     # Eight spinning processes on a 2-core host: the API and other actors must still get CPU.
     "endless_loops_8_processes": ({"max_run_time": 3},
                                   "for i in 1 2 3 4 5 6 7 8; do (while :; do :; done) & done; wait",
@@ -300,8 +316,42 @@ def test_hostile_actor_ends_with_a_reason_while_the_server_serves(qb_server: Liv
           f"{max(api_latencies) * 1e3:.0f} ms over {len(api_latencies)} calls")
 
 
+def test_force_quit_of_a_loop_that_ignores_sigterm(qb_server: LiveServer) -> None:
+    server = qb_server
+    aid = server.register(SH_IMAGE, max_run_time=60)["id"]
+    eid = server.send(aid, "trap '' TERM INT; echo trapped; while :; do :; done")
+    deadline = time.monotonic() + 20
+    while "trapped" not in server.logs(aid, eid):
+        assert time.monotonic() < deadline, "the loop did not start"
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    r = server.delete(f"/actors/{aid}/executions/{eid}")
+    assert r.status_code == 200, r.text
+    ex = server.wait_execution(aid, eid, timeout=15)
+    assert time.monotonic() - t0 < 10  # SIGTERM is ignored; the SIGKILL after the grace period is not
+    assert ex["exit_code"] == 137 and "force-quit" in ex["final_state"]["Error"], ex
+    assert server.logs(aid, eid).endswith(f"[lightabaco] {ex['final_state']['Error']}\n")
+
+
 # ---------------------------------------------------------------------------------------------------
 # 4. Kill the server at any moment: nothing accepted is lost
+
+def processes_mentioning(*needles: bytes) -> list[int]:
+    """Pids whose command line or environment contains one of `needles` (root reads every one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                data = (entry / part).read_bytes()
+            except OSError:
+                continue
+            if any(n in data for n in needles):
+                found.append(int(entry.name))
+                break
+    return found
+
 
 def epoch(iso: str) -> float:
     """An execution time as the API shows it ("2026-11-28T05:18:26.421Z") → epoch seconds."""
@@ -314,8 +364,9 @@ BURST = 40
 EXEC_SLEEP = "0.2"  # each execution sleeps this long, so the burst takes ~4 s on 2 workers
 
 
-@pytest.mark.parametrize("kill_point", ["before_any_finished", "mid_burst", "after_burst"])
-def test_sigkill_at_any_moment_loses_no_accepted_message(server_factory: Any, kill_point: str) -> None:
+@pytest.mark.parametrize("kill_point", ["before_any_finished", "mid_burst", "after_burst",
+                                        "sigterm_after_burst"])
+def test_server_killed_at_any_moment_loses_no_accepted_message(server_factory: Any, kill_point: str) -> None:
     rng = random.Random(f"quality-bar-{kill_point}")
     server = server_factory(workers=2)
     aid = server.register("lightabaco/sleep", max_workers=2)["id"]
@@ -332,8 +383,11 @@ def test_sigkill_at_any_moment_loses_no_accepted_message(server_factory: Any, ki
             if i is None:
                 return
             try:
+                # Before the first kill point the first messages run long, so that even on a loaded
+                # host no execution can finish between the first acceptance and the kill.
+                sleep = "1.5" if kill_point == "before_any_finished" and i < 6 else EXEC_SLEEP
                 r = session.post(f"{server.url}/actors/{aid}/messages", data={"message": f"m{i}"},
-                                 params={"ITERATIONS": "1", "SLEEP": EXEC_SLEEP}, timeout=10)
+                                 params={"ITERATIONS": "1", "SLEEP": sleep}, timeout=10)
             except requests.RequestException:
                 continue  # died under this request: not accepted, no promise was made
             if r.status_code == 200:
@@ -354,18 +408,32 @@ def test_sigkill_at_any_moment_loses_no_accepted_message(server_factory: Any, ki
         while len(accepted) < target:
             assert time.monotonic() < deadline
             time.sleep(0.002)
-    else:
+    else:  # after the burst, while executions run: SIGKILL, or a graceful stop for comparison
         for t in threads:
             t.join(timeout=30)
         time.sleep(rng.uniform(0.2, 1.0))
+        # The orphan check below can see this server's processes and sandboxes while they run.
+        assert processes_mentioning(f"_abaco_actor_id={aid}".encode())
+        assert len(processes_mentioning(str(server.home).encode())) >= 3  # server + 2 workers
     killed_at = time.time()
-    server.kill()
+    if kill_point.startswith("sigterm"):
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=20)  # a graceful stop must not need SIGKILL
+    else:
+        server.kill()
     for t in threads:
         t.join(timeout=30)
+    # Nothing of the killed server lives on: no worker (its argv names the home), no sandbox (its
+    # environment names the actor), so no orphan keeps running an execution outside the records.
+    needles = (str(server.home).encode(), f"_abaco_actor_id={aid}".encode())
+    deadline = time.monotonic() + 10
+    while (left := processes_mentioning(*needles)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes of the killed server still run: {left}"
     with lock:
         promised = list(accepted)
     assert promised, "nothing was accepted before the kill"
-    if kill_point == "after_burst":
+    if kill_point.endswith("after_burst"):
         assert len(promised) == BURST
     else:
         assert len(promised) < BURST, "the kill came after the burst: the kill point was missed"

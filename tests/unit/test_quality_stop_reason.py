@@ -81,3 +81,19 @@ def test_runner_keeps_plain_logs_plain(service_env):
     runner = make_runner(service_env, worker, FakeBackend(output=b"hello\n"))
     runner.execute(*claim_next(worker.id, row.dbid, row.revision, 30, runner.log_dir))
     assert Execution.get().final_state["Error"] == "" and Log.get().text == "hello\n"
+
+
+def test_file_flood_reason_and_tmpfs_count():
+    import os
+
+    from lightabaco.sandbox.execution import tmpfs_files
+    from lightabaco.sandbox.outcome import Outcome, describe
+    from lightabaco.sandbox.types import ExecSpec, ImageConfig, PreparedImage
+
+    spec = ExecSpec(image=PreparedImage("sha256:0", Path("/nonexistent"), ImageConfig(cmd=["x"])))
+    d = describe(spec, Outcome(files_exceeded=(70000, 65536)), exit_code=None, failure=None, cpu_ns=0,
+                 log_tail=b"", runtime="bwrap")
+    assert d.exit_code == 137 and d.failure is None
+    assert d.reason == "killed: it created 70000 files in /tmp and /dev/shm, over the limit of 65536"
+    assert tmpfs_files(2**22 + 12345) == 0  # no such process: never a reason to kill
+    assert tmpfs_files(os.getpid()) >= 0
