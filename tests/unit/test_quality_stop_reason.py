@@ -31,9 +31,12 @@ def test_limits_kills_and_failures_have_the_sandbox_reason():
         result(exit_code=137, killed=True, reason="force-quit on request (exit status 137)"),
         result(exit_code=None, failure="setup", reason="the sandbox could not be set up: x"),
         # Limits the sandbox reports without the timed_out/killed flags:
-        result(exit_code=137, signal=9, reason="killed: it reached its limit of 1024 processes (a fork bomb?)"),
-        result(exit_code=137, signal=9, reason="killed: its processes used 86 MiB of memory, over the 64 MiB limit"),
-        result(exit_code=1, reason="exited with status 1 after running out of memory (limit 64 MiB per process)"),
+        result(exit_code=137, signal=9,
+               reason="killed: it reached its limit of 1024 processes (a fork bomb?)"),
+        result(exit_code=137, signal=9,
+               reason="killed: its processes used 86 MiB of memory, over the 64 MiB limit"),
+        result(exit_code=1,
+               reason="exited with status 1 after running out of memory (limit 64 MiB per process)"),
     ]
     for r in cases:
         assert stop_reason(r) == r.reason
