@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from lightabaco.config import default_home as config_default_home
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
@@ -16,13 +18,8 @@ class CliError(Exception):
 
 
 def default_home() -> Path:
-    """--home, else LIGHTABACO_HOME, else ~/.lightabaco (/var/lib/lightabaco for root: sandboxes then run
-    as an unprivileged user, who cannot traverse /root)."""
-    if os.environ.get("LIGHTABACO_HOME"):
-        return Path(os.environ["LIGHTABACO_HOME"]).expanduser()
-    if os.getuid() == 0:
-        return Path("/var/lib/lightabaco")
-    return Path.home() / ".lightabaco"
+    """--home, else LIGHTABACO_HOME, else the server's default (see lightabaco.config.default_home)."""
+    return config_default_home()
 
 
 # -- output -------------------------------------------------------------------------------------------

@@ -21,8 +21,14 @@ class SettingsError(ValueError):
 
 
 def default_home() -> Path:
+    """LIGHTABACO_HOME, else ~/.lightabaco; for root /var/lib/lightabaco, because sandboxes then run as
+    an unprivileged user who cannot traverse /root to reach the image store."""
     env = os.environ.get(ENV_PREFIX + "HOME")
-    return Path(env).expanduser() if env else Path.home() / ".lightabaco"
+    if env:
+        return Path(env).expanduser()
+    if os.getuid() == 0:
+        return Path("/var/lib/lightabaco")
+    return Path.home() / ".lightabaco"
 
 
 @dataclass

@@ -5,6 +5,8 @@
 # bubblewrap runs the sandboxes; busybox-static and mmdebstrap make the offline sample bases;
 # docker-registry and apache2-utils (htpasswd) serve the registry tests; jq and curl run the README.
 APT_PACKAGES="bubblewrap busybox-static mmdebstrap docker-registry apache2-utils jq curl ca-certificates python3-venv"
+# Callers may ask for more (scripts/test.sh adds podman and runc, so the podman backend is tested too).
+APT_PACKAGES="$APT_PACKAGES ${EXTRA_APT_PACKAGES:-}"
 missing=""
 for p in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -5,5 +5,7 @@
 # (default /var/tmp/lightabaco-test-<uid>); later runs reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The podman backend and the podman-built image tests run when podman is there (they skip otherwise).
+EXTRA_APT_PACKAGES="podman runc uidmap"
 source scripts/setup-env.sh
 exec "$VENV/bin/python" -m pytest "$@"
