@@ -52,6 +52,9 @@ def write_binary_data(path: Path, data: bytes | None, owner: tuple[int, int] | N
 class ResultsSocket:
     """The host end of /_abaco_results.sock: collects datagrams in arrival order.
 
+    With an `on_result` callback each datagram goes to the callback and only the ones it failed to
+    take are kept in `results`; without one, all are kept.
+
     Datagrams over MAX_RESULT_BYTES are detected with MSG_TRUNC and counted as rejected instead of
     being stored truncated (Abaco silently truncates them; a truncated pickle is worse than none).
     So are datagrams beyond MAX_KEPT_RESULT_BYTES in total: results are held in the worker's
@@ -109,12 +112,13 @@ class ResultsSocket:
                 self.rejected += 1
                 continue
             self._kept += len(data)
-            self.results.append(data)
             if self._on_result is not None:
                 try:
                     self._on_result(data)
-                except Exception:  # a broken callback must not lose the execution
+                    continue  # the caller has it: holding a copy here would only cost memory
+                except Exception:  # a broken callback must not lose the result: keep it instead
                     log.exception("on_result callback failed", extra={"action": "results"})
+            self.results.append(data)
 
     def close(self) -> None:
         self.sock.close()

@@ -48,7 +48,8 @@ class Limits:
     memory_bytes: int | None = None  # RLIMIT_AS/DATA per process (cgroup memory.max where delegated)
     max_file_bytes: int | None = None  # RLIMIT_FSIZE
     nofile: int | None = 1024  # RLIMIT_NOFILE
-    pids: int | None = None  # cgroup pids.max only, where delegated; never RLIMIT_NPROC
+    pids: int | None = None  # processes: RLIMIT_NPROC set inside the sandbox's user namespace (so it
+    # counts that sandbox only) plus a watchdog; cgroup pids.max where delegated
     tmpfs_bytes: int | None = 256 << 20  # size of the writable /tmp
     log_bytes: int | None = 1_000_000  # stdout+stderr cap; the rest is dropped behind a marker
     max_cpus: float | None = None  # cgroup cpu quota where delegated
@@ -68,7 +69,8 @@ class ExecSpec:
     network: Literal["none", "host"] = "none"
     limits: Limits = field(default_factory=Limits)
     mounts: list[tuple[Path, str, bool]] = field(default_factory=list)  # (host, container, read_only)
-    on_result: Callable[[bytes], None] | None = None  # called for each result datagram, while running
+    on_result: Callable[[bytes], None] | None = None  # called for each result datagram, while running;
+    # datagrams it takes are not kept in ExecResult.results
     log_path: Path | None = None  # where stdout+stderr go; a scratch file when None
 
 
@@ -85,7 +87,8 @@ class ExecResult:
     reason: str  # one human sentence: "exited with status 0", "killed after 2.0 s wall-clock limit", ...
     log_path: Path  # stdout and stderr interleaved in order, capped by Limits.log_bytes
     log_truncated: bool
-    results: list[bytes]  # datagrams in arrival order (each <= MAX_RESULT_BYTES)
+    results: list[bytes]  # datagrams in arrival order (each <= MAX_RESULT_BYTES), except those
+    # already handed to ExecSpec.on_result (so a worker does not hold them all in memory)
     results_rejected: int  # datagrams over MAX_RESULT_BYTES, counted and dropped
     cpu_ns: int  # user+system of the whole process tree
     io: dict[str, int]  # rchar, wchar, read_bytes, write_bytes

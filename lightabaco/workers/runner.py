@@ -140,10 +140,8 @@ class Runner:
         env = build_env(self.services, actor, claimed.env, claimed.body, claimed.content_type,
                         self.worker_id)
         log_path = self.log_dir / f"{claimed.execution_id}.log"
-        received = [0]
 
         def on_result(data: bytes) -> None:
-            received[0] += 1
             Result.insert(execution_dbid=exec_dbid, data=data, created=time.time()).execute()
             self.services.notifier.execution_event(exec_dbid)
 
@@ -172,7 +170,8 @@ class Runner:
             self.requeue_or_fail(claimed, actor, result.reason)
             time.sleep(min(0.1 * claimed.attempts, 1.0))
             return
-        if result.results and received[0] == 0:  # a backend that did not call on_result
+        # What on_result did not take (a backend without callbacks, or an insert that failed).
+        if result.results:
             for data in result.results:
                 Result.insert(execution_dbid=exec_dbid, data=data, created=time.time()).execute()
         self.finish(claimed, actor, result, log_path)

@@ -61,7 +61,8 @@ def test_results_in_order_and_oversize_rejected(tmp_path):
     s.send(b"y" * MAX_RESULT_BYTES)
     s.send(b"")
     rs.drain()
-    assert rs.results == [b"one", b"y" * MAX_RESULT_BYTES, b""] == seen
+    assert seen == [b"one", b"y" * MAX_RESULT_BYTES, b""]
+    assert rs.results == []  # handed over, not also held in memory
     assert rs.rejected == 1
     rs.close()
 
@@ -76,6 +77,16 @@ def test_results_survive_a_failing_callback(tmp_path):
     s.send(b"b")
     rs.drain()
     assert rs.results == [b"a", b"b"]
+    rs.close()
+
+
+def test_results_kept_in_order_without_a_callback(tmp_path):
+    rs = ResultsSocket(tmp_path / "r.sock")
+    s = _sender(tmp_path / "r.sock")
+    for item in (b"1", b"2", b"3"):
+        s.send(item)
+    rs.drain()
+    assert rs.results == [b"1", b"2", b"3"]
     rs.close()
 
 
