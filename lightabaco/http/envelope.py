@@ -17,26 +17,31 @@ def set_version(version: str) -> None:
     _version = version
 
 
+def _dumps(content: Any) -> bytes:
+    return json.dumps(content, separators=(",", ":"), default=str).encode()
+
+
+def _envelope(result: Any, status: str, message: str) -> dict[str, Any]:
+    return {"result": result, "status": status, "version": _version, "message": message,
+            "metadata": {}}
+
+
 class JSONEnvelope(Response):
     media_type = JSON_TYPE
     charset = ""  # no "; charset=utf-8" suffix
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, separators=(",", ":"), default=str).encode()
+        return _dumps(content)
 
 
 def ok(result: Any, message: str, status_code: int = 200) -> JSONEnvelope:
-    return JSONEnvelope({"result": result, "status": "success", "version": _version,
-                         "message": message, "metadata": {}}, status_code=status_code)
+    return JSONEnvelope(_envelope(result, "success", message), status_code=status_code)
 
 
 def error(message: str, status_code: int = 400, result: Any = None) -> JSONEnvelope:
-    return JSONEnvelope({"result": result, "status": "error", "version": _version,
-                         "message": message, "metadata": {}}, status_code=status_code)
+    return JSONEnvelope(_envelope(result, "error", message), status_code=status_code)
 
 
 def error_bytes(message: str, status_code: int) -> tuple[int, bytes]:
     """For pure-ASGI middleware that answers without Starlette: (status, body)."""
-    body = json.dumps({"result": None, "status": "error", "version": _version, "message": message,
-                       "metadata": {}}).encode()
-    return status_code, body
+    return status_code, _dumps(_envelope(None, "error", message))
