@@ -17,7 +17,7 @@ from lightabaco.http.parsing import merged_fields
 
 async def utilization(request: Request) -> Response:
     result: Any = await call(admin.utilization, services_of(request), identity_of(request))
-    return ok(result, "Abaco utilization retrieved successfully.")  # always camel, as in Abaco
+    return ok(result, "Abaco utilization returned successfully.")  # always camel, as in Abaco
 
 
 async def admin_actors(request: Request) -> Response:

@@ -16,7 +16,7 @@ async def search_endpoint(request: Request) -> Response:
     kind = request.path_params["search_type"]
     params = dict(request.query_params.items())
     result = await call(search.search, services, identity, kind, params)
-    return ok(result, f"Search of {kind} completed successfully.")
+    return ok(result, "Search completed successfully.")
 
 
 routes = [Route("/actors/search/{search_type}", search_endpoint, methods=["GET"])]

@@ -99,9 +99,9 @@ async def alias_item(request: Request) -> Response:
     if request.method == "PUT":
         fields = await _fields(request)
         result = await call(aliases.update_alias, services, identity, alias, fields)
-        return respond(request, result, "Alias updated successfully.")
+        return respond(request, result, "Actor alias updated successfully.")
     await call(aliases.delete_alias, services, identity, alias)
-    return ok(None, "Alias deleted successfully.")
+    return ok(None, f"Alias {alias} deleted successfully.")
 
 
 async def alias_permissions(request: Request) -> Response:
@@ -143,10 +143,10 @@ async def config_collection(request: Request) -> Response:
     services, identity = services_of(request), identity_of(request)
     if request.method == "GET":
         result: Any = await call(configs.list_configs, services, identity)
-        return respond(request, result, "Configs retrieved successfully.")
+        return respond(request, result, "Actor Configs retrieved successfully.")
     fields = await _fields(request)
     result = await call(configs.create_config, services, identity, fields)
-    return respond(request, result, "Config created successfully.")
+    return respond(request, result, "Actor config created successfully.")
 
 
 async def config_item(request: Request) -> Response:
@@ -158,9 +158,9 @@ async def config_item(request: Request) -> Response:
     if request.method == "PUT":
         fields = await _fields(request)
         result = await call(configs.update_config, services, identity, name, fields)
-        return respond(request, result, "Config updated successfully.")
+        return respond(request, result, "Actor config updated successfully.")
     await call(configs.delete_config, services, identity, name)
-    return ok(None, "Config deleted successfully.")
+    return ok(None, f"Actor config {name} deleted successfully.")
 
 
 async def config_permissions(request: Request) -> Response:
