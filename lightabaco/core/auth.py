@@ -15,7 +15,9 @@ Tokens are never logged and never put in error messages.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import fcntl
 import getpass
 import hmac
 import json
@@ -27,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import jwt
 import peewee
@@ -76,24 +78,36 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _creation_lock(home: Path, name: str) -> Iterator[None]:
+    """Serialise first-start creation between processes sharing a home (the Procfile's `api` and
+    `workers` start together): without it each could write its own key or token."""
+    Path(home).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(home) / f".{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_stripped(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def signing_key(home: Path) -> bytes:
     """The HS256 key of this home, created on first use."""
     path = Path(home) / KEY_FILE
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        text = ""
+    text = _read_stripped(path)
     if not text:
-        text = secrets.token_hex(32)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it first: use theirs
-            return bytes.fromhex(path.read_text().strip())
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return signing_key(home)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with _creation_lock(home, "key"):
+            text = _read_stripped(path)
+            if not text:
+                text = secrets.token_hex(32)
+                _write_private(path, text + "\n")
     return bytes.fromhex(text)
 
 
@@ -118,15 +132,15 @@ def _claims(username: str, tenant: str, kind: str, ttl_s: float, roles: list[str
 def ensure_owner_token(home: Path, tenant: str = "DEV", username: str | None = None) -> str:
     """Return the owner token of this home, creating key and token on first start."""
     path = Path(home) / TOKEN_FILE
-    try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
-        token = ""
+    token = _read_stripped(path)
     if token:
         return token
-    owner = username or _default_owner_name()
-    token = _encode(home, _claims(owner, tenant, "owner", OWNER_TTL_S, roles=[ADMIN]))
-    _write_private(path, token + "\n")
+    with _creation_lock(home, "token"):
+        token = _read_stripped(path)
+        if not token:
+            owner = username or _default_owner_name()
+            token = _encode(home, _claims(owner, tenant, "owner", OWNER_TTL_S, roles=[ADMIN]))
+            _write_private(path, token + "\n")
     return token
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -158,3 +159,30 @@ def test_verification_cache_is_short_and_forgettable(sharing_env, monkeypatch):
     authn.verify_token(soon)
     monkeypatch.setattr(auth.time, "monotonic", lambda: real() + 1.5)
     assert authn.cached(soon) is None
+
+
+def _owner_token_in_child(home: str, queue) -> None:  # module level: picklable for spawn
+    from lightabaco.core import auth as auth_mod
+
+    queue.put(auth_mod.ensure_owner_token(Path(home)))
+
+
+def test_owner_token_created_once_when_processes_start_together(tmp_path):
+    """The Procfile starts `api` and `workers` at once on a fresh home: both must end up with one token."""
+    import multiprocessing
+
+    from lightabaco.core import auth as auth_mod
+
+    ctx = multiprocessing.get_context("fork")
+    for i in range(5):
+        home = tmp_path / f"home{i}"
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_owner_token_in_child, args=(str(home), queue)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        tokens = {queue.get(timeout=5) for _ in procs}
+        assert tokens == {(home / auth_mod.TOKEN_FILE).read_text().strip()}
+        # ...signed with the one key the home kept
+        jwt.decode(tokens.pop(), auth_mod.signing_key(home), algorithms=[auth_mod.ALGORITHM])
