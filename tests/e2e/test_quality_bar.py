@@ -18,7 +18,6 @@ import random
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,7 +26,7 @@ import pytest
 import requests
 
 from tests.fixtures.oci import busybox_layout
-from tests.fixtures.server import LiveServer, free_port, import_test_images, make_home
+from tests.fixtures.server import LiveServer, MessageBurst, free_port, import_test_images, make_home
 
 pytestmark = pytest.mark.e2e
 
@@ -383,47 +382,21 @@ def test_server_killed_at_any_moment_loses_no_accepted_message(server_factory: A
     rng = random.Random(f"quality-bar-{kill_point}")
     server = server_factory(workers=2)
     aid = server.register("lightabaco/sleep", max_workers=2)["id"]
-    accepted: list[str] = []
-    lock = threading.Lock()
-    counter = iter(range(BURST))
 
-    def sender() -> None:
-        session = requests.Session()
-        session.headers.update(server.headers())
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            try:
-                # Before the first kill point the first messages run long, so that even on a loaded
-                # host no execution can finish between the first acceptance and the kill.
-                sleep = "1.5" if kill_point == "before_any_finished" and i < 6 else EXEC_SLEEP
-                r = session.post(f"{server.url}/actors/{aid}/messages", data={"message": f"m{i}"},
-                                 params={"ITERATIONS": "1", "SLEEP": sleep}, timeout=10)
-            except requests.RequestException:
-                continue  # died under this request: not accepted, no promise was made
-            if r.status_code == 200:
-                with lock:
-                    accepted.append(r.json()["result"]["execution_id"])
+    def params(i: int) -> dict[str, str]:
+        # Before the first kill point the first messages run long, so that even on a loaded host no
+        # execution can finish between the first acceptance and the kill.
+        sleep = "1.5" if kill_point == "before_any_finished" and i < 6 else EXEC_SLEEP
+        return {"ITERATIONS": "1", "SLEEP": sleep}
 
-    threads = [threading.Thread(target=sender, daemon=True) for _ in range(2)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 30
+    burst = MessageBurst(server, aid, BURST, threads=2, params=params).start()
     if kill_point == "before_any_finished":
-        while not accepted:
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
+        burst.wait_accepted(1, timeout=30)
         time.sleep(rng.uniform(0.0, 0.05))  # < one execution's sleep: none can have finished
     elif kill_point == "mid_burst":
-        target = rng.randint(BURST // 4, 3 * BURST // 4)
-        while len(accepted) < target:
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
+        burst.wait_accepted(rng.randint(BURST // 4, 3 * BURST // 4), timeout=30)
     else:  # after the burst, while executions run: SIGKILL, or a graceful stop for comparison
-        for t in threads:
-            t.join(timeout=30)
+        burst.join(timeout=30)
         time.sleep(rng.uniform(0.2, 1.0))
         # The orphan check below can see this server's processes and sandboxes while they run.
         assert processes_mentioning(f"_abaco_actor_id={aid}".encode())
@@ -434,8 +407,7 @@ def test_server_killed_at_any_moment_loses_no_accepted_message(server_factory: A
         server.proc.wait(timeout=20)  # a graceful stop must not need SIGKILL
     else:
         server.kill()
-    for t in threads:
-        t.join(timeout=30)
+    burst.join(timeout=30)
     # Nothing of the killed server lives on: no worker (its argv names the home), no sandbox (its
     # environment names the actor), so no orphan keeps running an execution outside the records.
     needles = (str(server.home).encode(), f"_abaco_actor_id={aid}".encode())
@@ -443,8 +415,7 @@ def test_server_killed_at_any_moment_loses_no_accepted_message(server_factory: A
     while (left := processes_mentioning(*needles)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, f"processes of the killed server still run: {left}"
-    with lock:
-        promised = list(accepted)
+    promised = burst.accepted
     assert promised, "nothing was accepted before the kill"
     if kill_point.endswith("after_burst"):
         assert len(promised) == BURST

@@ -3,11 +3,11 @@ and check that every accepted message ran (or is clearly marked), and nothing st
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
-import requests
+
+from tests.fixtures.server import MessageBurst
 
 pytestmark = pytest.mark.e2e
 
@@ -17,43 +17,14 @@ BURST = 500
 def test_kill_during_burst_loses_no_accepted_message(server_factory):
     server = server_factory(workers=2)
     aid = server.register("abacosamples/test", max_workers=2)["id"]
-    accepted: list[str] = []
-    refused = [0]
-    lock = threading.Lock()
-    counter = iter(range(BURST))
-    killed = threading.Event()
-
-    def sender() -> None:
-        session = requests.Session()
-        session.headers.update(server.headers())
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            try:
-                r = session.post(f"{server.url}/actors/{aid}/messages", data={"message": f"m{i}"},
-                                 timeout=10)
-            except requests.RequestException:
-                refused[0] += 1  # the server died under this request: not accepted, no promise made
-                continue
-            if r.status_code == 200:
-                with lock:
-                    accepted.append(r.json()["result"]["execution_id"])
-
-    threads = [threading.Thread(target=sender) for _ in range(4)]
-    for t in threads:
-        t.start()
+    burst = MessageBurst(server, aid, BURST, threads=4).start()
     # Kill once part of the burst was accepted and some executions are running.
-    deadline = time.monotonic() + 60
-    while len(accepted) < BURST // 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    burst.wait_accepted(BURST // 2)
     before = server.get(f"/actors/{aid}/executions").json()["result"]["executions"]
     states = {s: sum(1 for e in before if e["status"] == s) for s in ("SUBMITTED", "RUNNING", "COMPLETE")}
     server.kill()
-    killed.set()
-    for t in threads:
-        t.join()
+    burst.join()
+    accepted = burst.accepted
     assert accepted, "nothing was accepted before the kill"
     n_accepted = len(accepted)
 
@@ -84,7 +55,7 @@ def test_kill_during_burst_loses_no_accepted_message(server_factory):
     # Executions that a worker had started before the kill ran again and produced logs.
     for eid in accepted[:: max(1, n_accepted // 20)]:
         assert "Contents of MSG: m" in server.logs(aid, eid)
-    print(f"\naccepted {n_accepted} of {BURST} before the kill ({refused[0]} requests failed with it); "
+    print(f"\naccepted {n_accepted} of {BURST} before the kill ({burst.failed} requests failed with it); "
           f"just before the kill: {states}; {recovery}; all {len(complete)} COMPLETE after restart")
 
 
