@@ -1,0 +1,44 @@
+"""The layering of docs/architecture.md, checked on every import statement (top level or inside functions)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "lightabaco"
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def _files(sub: str) -> list[Path]:
+    return sorted((PACKAGE / sub).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _files("sandbox"), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_sandbox_imports_nothing_else_of_lightabaco(path: Path) -> None:
+    outside = {n for n in _imports(path) if n.split(".")[0] == "lightabaco" and
+               not n.startswith("lightabaco.sandbox")}
+    assert not outside, f"{path.name} imports {outside}: the sandbox package must stay usable on its own"
+
+
+@pytest.mark.parametrize("path", _files("http"), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_http_never_reaches_the_store(path: Path) -> None:
+    bad = {n for n in _imports(path) if n.startswith("lightabaco.store") or n.split(".")[0] == "peewee"}
+    assert not bad, f"{path.name} imports {bad}: the HTTP layer goes through lightabaco.core"
+
+
+def test_actor_helper_needs_only_the_standard_library() -> None:
+    third_party = {n.split(".")[0] for n in _imports(PACKAGE / "actor.py")} - {"cloudpickle"}
+    import sys
+
+    assert third_party <= set(sys.stdlib_module_names) | {"__future__"}, third_party
