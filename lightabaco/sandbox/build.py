@@ -30,7 +30,8 @@ from typing import Any, Callable, Protocol
 from . import bases
 from .build_podman import build_podman
 from .build_steps import BuildState, TreeBuilder, apply, arg_defaults, ignore_patterns, ignored
-from .build_tree import Skeleton, force_rmtree, resolve_in_root, unpack_layers
+from .build_tree import Skeleton, resolve_in_root, unpack_layers
+from .fsutil import force_rmtree
 from .containerfile import BuildError, expand, find_containerfile, parse
 from .oci_write import LayoutWriter, config_from_image, diff, flatten_to_layout, read_layout, snapshot, write_layer
 from .types import PreparedImage
@@ -179,7 +180,7 @@ def build_layout(context: Path, dest: Path, store: Store, cache_dir: Path, *, ta
         digest = writer.finish(config, ref=tag, history=history)
         return digest, key, steps
     finally:
-        force_rmtree(work)
+        force_rmtree(work, ignore_errors=True)
 
 
 def _cache_record(cache_dir: Path, key: str) -> Path:
@@ -215,7 +216,7 @@ def build(context: Path, store: Store, *, cache_dir: Path, tag: str | None = Non
                                            build_args=build_args, network=network, progress=progress)
         images = store.import_path(out, tag=tag, progress=progress)
     finally:
-        force_rmtree(out)
+        force_rmtree(out, ignore_errors=True)
     image = next((i for i in images if i.config_digest == digest), images[0])
     if record:
         record.write_text(json.dumps({"digest": digest, "steps": steps, "tag": tag}))

@@ -31,13 +31,13 @@ import fcntl
 import hashlib
 import os
 import re
-import shutil
 import stat
 import time
 import uuid
 from pathlib import Path
 
 from .errors import ExecutionSetupError
+from .fsutil import force_rmtree
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 LOGS_DIR = "logs"
@@ -60,23 +60,6 @@ def check_execution_id(execution_id: str) -> str:
             "'_', '.' or '-', starting with a letter or digit"
         )
     return execution_id
-
-
-def force_rmtree(path: Path) -> None:
-    """rmtree that first makes read-only directories writable (tests and images create some)."""
-
-    def onerror(func, failed, exc_info):  # type: ignore[no-untyped-def]
-        parent = os.path.dirname(failed)
-        try:
-            os.chmod(parent, stat.S_IRWXU)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, stat.S_IRWXU)
-            func(failed)
-        except FileNotFoundError:
-            pass
-
-    if path.exists() or path.is_symlink():
-        shutil.rmtree(path, onerror=onerror)
 
 
 def _private_dir(path: Path, mode: int) -> bool:

@@ -25,6 +25,7 @@ from typing import BinaryIO, Callable, Iterable
 import zstandard
 
 from ..errors import ImageError
+from ..fsutil import force_rmtree
 
 # Bump when the unpacked tree would differ for the same image (the store keys rootfs dirs by it).
 UNPACKER_VERSION = 1
@@ -126,45 +127,6 @@ def secure_resolve(root: Path, parts: list[str], *, create: bool = False, dir_mo
                              f"puts entries under it (resolving /{'/'.join(parts)})")
         resolved.append(comp)
     return Path(root_s, *resolved)
-
-
-def force_rmtree(path: Path | str) -> None:
-    """Remove a tree even when it holds dirs without u+rwx (chmod them first); never follows symlinks."""
-    path = os.fspath(path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
-        return
-
-    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
-        # A dir without u+rwx cannot be listed or emptied: fix its mode and retry once.
-        parent = os.path.dirname(p)
-        for d in (parent, p):
-            try:
-                if stat.S_ISDIR(os.lstat(d).st_mode):
-                    os.chmod(d, 0o700)
-            except OSError:
-                pass
-        try:
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, onerror=_raise)
-            else:
-                func(p)
-        except FileNotFoundError:
-            pass
-
-    try:
-        os.chmod(path, 0o700)
-    except OSError:
-        pass
-    shutil.rmtree(path, onerror=onerror)
-
-
-def _raise(func, p, exc_info):  # type: ignore[no-untyped-def]
-    raise exc_info[1]
 
 
 def _remove(path: str) -> None:
