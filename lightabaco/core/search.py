@@ -213,26 +213,19 @@ def _text(record: Mapping[str, Any]) -> str:
 
 
 def _actor_records(services: Any, identity: Identity, dbids: set[str] | None) -> Iterable[dict[str, Any]]:
-    from lightabaco.core.actors import links
+    from lightabaco.core.actors import display
     from lightabaco.store.models import Actor
 
     q = Actor.select().where(Actor.tenant == identity.tenant).order_by(Actor.seq, Actor.create_time)
     for row in q:
         if dbids is not None and row.dbid not in dbids:
             continue
-        yield {
-            "id": row.id, "name": row.name, "image": row.image, "description": row.description,
-            "owner": row.owner, "stateless": row.stateless, "type": row.type, "status": row.status,
-            "status_message": row.status_message, "state": row.state,
-            "default_environment": row.default_environment, "hints": row.hints, "link": row.link,
-            "webhook": row.webhook, "privileged": row.privileged, "use_container_uid": row.use_container_uid,
-            "max_workers": row.max_workers, "mem_limit": row.mem_limit, "max_cpus": row.max_cpus,
-            "token": row.token, "queue": row.queue, "log_ex": row.log_ex, "cron_on": row.cron_on,
-            "cron_schedule": row.cron_schedule, "cron_next_ex": row.cron_next_ex, "mounts": row.mounts,
-            "uid": row.uid, "gid": row.gid, "tasdir": row.tasdir, "revision": row.revision,
-            "create_time": row.create_time, "last_update_time": row.last_update_time,
-            "_links": links(services, identity, row),
-        }
+        record = display(services, identity, row)
+        # Search compares raw times (display_time is applied to the results afterwards); its records
+        # keep Abaco v2's stored field set, without run_as_executor (v3) and max_run_time (ours).
+        record["create_time"], record["last_update_time"] = row.create_time, row.last_update_time
+        del record["run_as_executor"], record["max_run_time"]
+        yield record
 
 
 def _actor_rows(identity: Identity, dbids: set[str] | None) -> dict[str, Any]:
