@@ -133,7 +133,7 @@ def list_users(services: Any, identity: Identity) -> list[dict[str, Any]]:
 
 def add_user(services: Any, identity: Identity, fields: Mapping[str, Any]) -> dict[str, Any]:
     from lightabaco.core import auth
-    from lightabaco.core.aliases import field
+    from lightabaco.core.fields import field
 
     require_admin(identity)
     username = field(fields, "username") or field(fields, "user")

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from lightabaco.core import permissions as perms
 from lightabaco.core.errors import NotFound, PermissionDenied, ValidationError
+from lightabaco.core.fields import field
 from lightabaco.core.identity import Identity
 from lightabaco.store.db import write_tx
 
@@ -20,17 +21,6 @@ ROUTE_WORDS = ("aliases", "utilization", "search", "configs")
 FORBIDDEN_CHARS = ("\\", " ", '"', ":", "/", "?", "#", "[", "]", "@", "!", "$", "&", "'", "(", ")", "*",
                    "+", ",", ";", "=")
 ALIAS_DENIED = "Not authorized -- you do not have access to this alias."
-
-
-def field(fields: Mapping[str, Any], snake: str, camel: str | None = None) -> Any:
-    """A request field by snake or camel name; a repeated form key counts as its first value."""
-    for name in (snake, camel):
-        if name and name in fields:
-            value = fields[name]
-            if isinstance(value, (list, tuple)) and not isinstance(value, str):
-                value = value[0] if value else None
-            return value
-    return None
 
 
 def alias_key(tenant: str, alias: str) -> str:
@@ -176,18 +166,5 @@ def alias_permissions(services: Any, identity: Identity, alias: str) -> dict[str
 def set_alias_permission(services: Any, identity: Identity, alias: str,
                          fields: Mapping[str, Any]) -> dict[str, str]:
     row = require_alias(identity, alias, perms.UPDATE)
-    user, level = _permission_fields(fields)
+    user, level = perms.permission_fields(fields)
     return perms.set_permission(perms.ALIAS, row.key, user, level)
-
-
-def _permission_fields(fields: Mapping[str, Any]) -> tuple[str, str]:
-    user = field(fields, "user")
-    level = field(fields, "level")
-    if user in (None, ""):
-        raise ValidationError("Invalid permission description: the user field is required "
-                              "(user=<name>&level=NONE|READ|EXECUTE|UPDATE).")
-    if level in (None, ""):
-        raise ValidationError("Invalid permission description: the level field is required "
-                              "(one of NONE, READ, EXECUTE, UPDATE).")
-    perms.level_value(level)
-    return str(user), str(level).upper()

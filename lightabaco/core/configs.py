@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lightabaco.core import permissions as perms
-from lightabaco.core.aliases import field
+from lightabaco.core.fields import field
 from lightabaco.core.errors import AbacoError, NotFound, ValidationError
 from lightabaco.core.identity import Identity
 from lightabaco.store.db import write_tx
@@ -199,10 +199,8 @@ def config_permissions(services: Any, identity: Identity, name: str) -> dict[str
 
 def set_config_permission(services: Any, identity: Identity, name: str,
                           fields: Mapping[str, Any]) -> dict[str, str]:
-    from lightabaco.core.aliases import _permission_fields
-
     row = _row(identity, name, perms.UPDATE)
-    user, level = _permission_fields(fields)
+    user, level = perms.permission_fields(fields)
     return perms.set_permission(perms.CONFIG, row.key, user, level)
 
 

@@ -107,3 +107,14 @@ def parse(raw: Mapping[str, Any], specs: list[FieldSpec], case: str, prefix: str
         except (ValueError, TypeError):
             raise ValidationError(f"{prefix}: {{{shown!r}: {spec.help!r}}}") from None
     return out
+
+
+def field(fields: Mapping[str, Any], snake: str, camel: str | None = None) -> Any:
+    """A request field by snake or camel name; a repeated form key counts as its first value."""
+    for name in (snake, camel):
+        if name and name in fields:
+            value = fields[name]
+            if isinstance(value, (list, tuple)) and not isinstance(value, str):
+                value = value[0] if value else None
+            return value
+    return None

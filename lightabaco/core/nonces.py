@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from lightabaco.core import permissions as perms
 from lightabaco.core.aliases import alias_row as _alias_row
-from lightabaco.core.aliases import field
+from lightabaco.core.fields import field
 from lightabaco.core.errors import AbacoError, PermissionDenied, ValidationError
 from lightabaco.core.identity import Identity
 from lightabaco.core.serialize import display_time

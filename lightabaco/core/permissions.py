@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from lightabaco.core.errors import NotFound, PermissionDenied, ValidationError
+from lightabaco.core.fields import field
 from lightabaco.core.identity import Identity
 from lightabaco.store.db import write_tx
 
@@ -207,3 +208,17 @@ def actors_url(services: Any, identity: Identity, *parts: str) -> str:
 
 def owner_url(services: Any, identity: Identity, username: str) -> str:
     return f"{api_server(services, identity)}/profiles/{username}"
+
+
+def permission_fields(fields: Mapping[str, Any]) -> tuple[str, str]:
+    """(user, LEVEL) of a POST to a permissions endpoint (actors, aliases, configs)."""
+    user = field(fields, "user")
+    level = field(fields, "level")
+    if user in (None, ""):
+        raise ValidationError("Invalid permission description: the user field is required "
+                              "(user=<name>&level=NONE|READ|EXECUTE|UPDATE).")
+    if level in (None, ""):
+        raise ValidationError("Invalid permission description: the level field is required "
+                              "(one of NONE, READ, EXECUTE, UPDATE).")
+    level_value(level)
+    return str(user), str(level).upper()

@@ -32,7 +32,7 @@ def _actor_permissions(services: Any, identity: Any, identifier: str) -> dict[st
 
 def _set_actor_permission(services: Any, identity: Any, identifier: str, fields: dict[str, Any]) -> dict:
     row = actors.load(services, identity, identifier, "UPDATE")
-    user, level = aliases._permission_fields(fields)
+    user, level = perms.permission_fields(fields)
     return perms.set_permission(perms.ACTOR, row.dbid, user, level)
 
 
