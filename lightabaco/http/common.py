@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -22,8 +23,7 @@ def identity_of(request: Request) -> Identity:
     ident = request.state.identity  # set by the auth middleware for every routed request
     if not ident.api_server:
         base = str(request.base_url).rstrip("/")
-        ident = Identity(username=ident.username, tenant=ident.tenant, roles=ident.roles, via=ident.via,
-                         nonce_id=ident.nonce_id, api_server=base)
+        ident = dataclasses.replace(ident, api_server=base)
     return ident
 
 
