@@ -73,6 +73,18 @@ class Settings:
     housekeeping_s: float = 30.0
     log_level: str = "info"
 
+    # -- images: unpack quotas, mount points --
+
+    # -- messages: environment rules, result and queue quotas --
+
+    # -- sharing: configs, tenants --
+
+    # -- availability: search, connections, database --
+
+    # -- sandbox: memory accounting --
+
+    # -- outbound: pulls, webhooks, address policy --
+
     # -- loading -------------------------------------------------------------------------------
 
     @classmethod
