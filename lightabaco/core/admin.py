@@ -10,6 +10,8 @@ from lightabaco.core.errors import PermissionDenied, ValidationError
 from lightabaco.core.identity import Identity
 
 ADMIN_REQUIRED = "Abaco Admin role required."
+OWNER_REQUIRED = ("Not authorized -- only the instance owner (the token printed by `lightabaco token`) acts "
+                  "across tenants; an admin manages the users and actors of its own tenant ({tenant}).")
 
 
 def require_admin(identity: Identity) -> None:
@@ -17,14 +19,44 @@ def require_admin(identity: Identity) -> None:
         raise PermissionDenied(ADMIN_REQUIRED)
 
 
-def utilization(services: Any, identity: Identity) -> dict[str, int]:
-    """Always camel case, as in Abaco."""
-    from lightabaco.core.actors import total_created
-    from lightabaco.store.models import Actor, Worker
+def scope(identity: Identity) -> str | None:
+    """The tenant a caller's admin views cover: its own, or None (every tenant) for the instance owner."""
+    return None if identity.is_owner else identity.tenant
 
-    return {"currentActors": Actor.select().count(), "totalActors": total_created(),
-            "workers": Worker.select().count(),
-            "commandQueue": Worker.select().where(Worker.status == "REQUESTED").count()}
+
+def require_tenant(identity: Identity, tenant: str) -> None:
+    """Refuse acting on another tenant's users unless the caller is the instance owner."""
+    if not identity.reaches_tenant(tenant):
+        raise PermissionDenied(OWNER_REQUIRED.format(tenant=identity.tenant))
+
+
+def _actors_query(identity: Identity) -> Any:
+    from lightabaco.store.models import Actor
+
+    q = Actor.select()
+    tenant = scope(identity)
+    return q if tenant is None else q.where(Actor.tenant == tenant)
+
+
+def _workers_query(identity: Identity) -> Any:
+    from lightabaco.store.models import Worker
+
+    q = Worker.select()
+    tenant = scope(identity)
+    return q if tenant is None else q.where(Worker.tenant == tenant)
+
+
+def utilization(services: Any, identity: Identity) -> dict[str, int]:
+    """Always camel case, as in Abaco. Counts cover the caller's tenant (every tenant for the owner);
+    `totalActors` (actors ever created) is only kept instance-wide, so others see their current count."""
+    from lightabaco.core.actors import total_created
+    from lightabaco.store.models import Worker
+
+    current = _actors_query(identity).count()
+    workers = _workers_query(identity)
+    return {"currentActors": current, "totalActors": total_created() if identity.is_owner else current,
+            "workers": workers.count(),
+            "commandQueue": workers.where(Worker.status == "REQUESTED").count()}
 
 
 def all_actors(services: Any, identity: Identity) -> list[dict[str, Any]]:
@@ -35,7 +67,7 @@ def all_actors(services: Any, identity: Identity) -> list[dict[str, Any]]:
     require_admin(identity)
     queued = mailbox.count_all()
     out = []
-    for row in Actor.select().order_by(Actor.seq, Actor.create_time):
+    for row in _actors_query(identity).order_by(Actor.seq, Actor.create_time):
         shown = actors.display(services, identity, row)
         shown["tenant"] = row.tenant
         shown["workers"] = [workers.display(w) for w in Worker.select().where(Worker.actor_dbid == row.dbid)]
@@ -52,8 +84,8 @@ def workers_summary(services: Any, identity: Identity) -> dict[str, Any]:
     from lightabaco.store.models import Actor, Worker
 
     require_admin(identity)
-    rows = list(Worker.select().order_by(Worker.create_time))
-    actor_ids = {a.dbid: a.id for a in Actor.select(Actor.dbid, Actor.id)}
+    rows = list(_workers_query(identity).order_by(Worker.create_time))
+    actor_ids = {a.dbid: a.id for a in _actors_query(identity).select(Actor.dbid, Actor.id)}
     with_workers = {w.actor_dbid for w in rows}
     starting = ("REQUESTED", "SPAWNER SETUP", "PULLING IMAGE", "CREATING CONTAINER", "UPDATING STORE")
     listed = []
@@ -77,9 +109,13 @@ def executions_summary(services: Any, identity: Identity) -> dict[str, Any]:
     from lightabaco.store.models import Actor, Execution
 
     require_admin(identity)
-    existing = {a.dbid: a for a in Actor.select()}
+    existing = {a.dbid: a for a in _actors_query(identity)}
     per_actor: dict[str, dict[str, int]] = {}
-    for e in Execution.select(Execution.actor_dbid, Execution.cpu, Execution.io, Execution.runtime):
+    executions = Execution.select(Execution.actor_dbid, Execution.cpu, Execution.io, Execution.runtime)
+    tenant = scope(identity)
+    if tenant is not None:
+        executions = executions.where(Execution.tenant == tenant)
+    for e in executions:
         t = per_actor.setdefault(e.actor_dbid, {"n": 0, "cpu": 0, "io": 0, "runtime": 0})
         t["n"] += 1
         t["cpu"] += int(e.cpu or 0)
@@ -101,7 +137,9 @@ def executions_summary(services: Any, identity: Identity) -> dict[str, Any]:
                            "total_executions": t["n"], "total_execution_cpu": t["cpu"],
                            "total_execution_io": t["io"], "total_execution_runtime": t["runtime"]})
     return {"summary": {
-        "total_actors_all": max(total_created(), len(existing)),
+        # actors ever created is an instance-wide counter; a tenant sees those it can still count
+        "total_actors_all": (max(total_created(), len(existing)) if tenant is None
+                             else len(per_actor.keys() | existing.keys())),
         "total_actors_all_with_executions": len(per_actor),
         "total_executions_all": all_n, "total_execution_runtime_all": all_rt,
         "total_execution_cpu_all": all_cpu, "total_execution_io_all": all_io,
@@ -117,6 +155,8 @@ def run_cron(services: Any, identity: Identity, now: float | None = None) -> dic
     from lightabaco.core import cron
 
     require_admin(identity)
+    if not identity.is_owner:  # one pass fires every tenant's due actors: the instance's business
+        raise PermissionDenied(OWNER_REQUIRED.format(tenant=identity.tenant))
     return {"executions": cron.tick(services, services.now() if now is None else now)}
 
 
@@ -128,7 +168,7 @@ def list_users(services: Any, identity: Identity) -> list[dict[str, Any]]:
     from lightabaco.core.serialize import display_time
 
     require_admin(identity)
-    return [dict(u, create_time=display_time(u["create_time"])) for u in auth.list_users()]
+    return [dict(u, create_time=display_time(u["create_time"])) for u in auth.list_users(scope(identity))]
 
 
 def add_user(services: Any, identity: Identity, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,6 +182,7 @@ def add_user(services: Any, identity: Identity, fields: Mapping[str, Any]) -> di
                               "(username=<name>&role=admin|privileged|user|limited).")
     role = str(field(fields, "role") or "user")
     tenant = str(field(fields, "tenant") or identity.tenant)
+    require_tenant(identity, tenant)
     token = auth.add_user(Path(services.settings.home), str(username), role, tenant)
     return {"username": str(username), "tenant": tenant, "roles": [role.lower()], "token": token}
 
@@ -151,6 +192,7 @@ def reissue_token(services: Any, identity: Identity, username: str, tenant: str 
 
     require_admin(identity)
     tenant = tenant or identity.tenant
+    require_tenant(identity, tenant)
     token = auth.issue_token(Path(services.settings.home), username, tenant)
     auth.get_authenticator(services).forget(username, tenant)
     return {"username": username, "tenant": tenant, "token": token}
@@ -160,5 +202,7 @@ def revoke_user(services: Any, identity: Identity, username: str, tenant: str | 
     from lightabaco.core import auth
 
     require_admin(identity)
-    auth.revoke_user(username, tenant or identity.tenant)
-    auth.get_authenticator(services).forget(username, tenant or identity.tenant)
+    tenant = tenant or identity.tenant
+    require_tenant(identity, tenant)
+    auth.revoke_user(username, tenant)
+    auth.get_authenticator(services).forget(username, tenant)

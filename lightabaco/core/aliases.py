@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
+from lightabaco.core import configs
 from lightabaco.core import permissions as perms
 from lightabaco.core.errors import NotFound, PermissionDenied, ValidationError
 from lightabaco.core.fields import field
@@ -115,6 +116,7 @@ def create_alias(services: Any, identity: Identity, fields: Mapping[str, Any]) -
         row = Alias.create(key=key, tenant=tenant, name=alias, actor_id=actor_id, owner=identity.username,
                            create_time=time.time())
         perms.delete_object(perms.ALIAS, key)  # leftovers of an earlier alias of the same name
+        configs.unbind_alias(key)  # ...and its config bindings: a new alias never inherits them
         perms.set_permission(perms.ALIAS, key, identity.username, perms.UPDATE)
     return display(services, identity, row)
 
@@ -153,9 +155,12 @@ def delete_alias(services: Any, identity: Identity, alias: str) -> None:
     from lightabaco.store.sharing import Nonce
 
     row = require_alias(identity, alias, perms.UPDATE)
-    perms.delete_object(perms.ALIAS, row.key)
-    Nonce.delete().where((Nonce.tenant == row.tenant) & (Nonce.alias_name == row.name)).execute()
-    row.delete_instance()
+    with write_tx():
+        perms.delete_object(perms.ALIAS, row.key)
+        Nonce.delete().where((Nonce.tenant == row.tenant) & (Nonce.alias_name == row.name)).execute()
+        # configs attached through this alias stop here: whoever takes the name next must not get them
+        configs.unbind_alias(row.key)
+        row.delete_instance()
 
 
 def alias_permissions(services: Any, identity: Identity, alias: str) -> dict[str, str]:

@@ -237,12 +237,15 @@ def revoke_user(username: str, tenant: str = "DEV") -> None:
         raise UserError(f"No user {username!r} in tenant {tenant}; `lightabaco users list` shows who exists.")
 
 
-def list_users() -> list[dict[str, Any]]:
+def list_users(tenant: str | None = None) -> list[dict[str, Any]]:
+    """Every user, or only those of one tenant."""
     from lightabaco.store.sharing import User
 
+    q = User.select().order_by(User.tenant, User.username)
+    if tenant is not None:
+        q = q.where(User.tenant == tenant)
     return [{"username": u.username, "tenant": u.tenant, "roles": u.roles.split(","),
-             "revoked": u.revoked, "create_time": u.create_time}
-            for u in User.select().order_by(User.tenant, User.username)]
+             "revoked": u.revoked, "create_time": u.create_time} for u in q]
 
 
 # -- actor tokens ------------------------------------------------------------------------------------
@@ -305,7 +308,7 @@ class Authenticator:
     def owner_identity(self, via: str = "token", api_server: str = "") -> Identity:
         owner = self.owner()
         return Identity(username=owner.username, tenant=owner.tenant, roles=frozenset({ADMIN}),
-                        via=via, api_server=api_server)
+                        via=via, api_server=api_server, instance_owner=True)
 
     def roles_of(self, username: str, tenant: str) -> frozenset[str]:
         owner = self.owner()

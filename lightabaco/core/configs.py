@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from lightabaco.core import permissions as perms
 from lightabaco.core.fields import field
-from lightabaco.core.errors import AbacoError, NotFound, ValidationError
+from lightabaco.core.errors import AbacoError, NotFound, PermissionDenied, ValidationError
 from lightabaco.core.identity import Identity
 from lightabaco.store.db import write_tx
 
@@ -116,15 +116,25 @@ def _identifiers(actors: str) -> list[str]:
     return [a.strip() for a in actors.split(",") if a.strip()]
 
 
-def _check_actors(tenant: str, actors: str) -> None:
-    from lightabaco.store.models import Actor
-    from lightabaco.store.sharing import Alias
+def _targets(identity: Identity, actors: str) -> list[tuple[str, str | None]]:
+    """Resolve the identifiers a config names to actor dbids (aliases at this moment), requiring the
+    caller's UPDATE on each actor and on each alias used: a config puts values into an actor's
+    environment, which is changing that actor."""
+    from lightabaco.store.sharing import resolve_config_targets
 
-    for ident in _identifiers(actors):
-        found = (Actor.select().where(Actor.dbid == f"{tenant}_{ident}").exists()
-                 or Alias.select().where(Alias.key == f"{tenant}_{ident}").exists())
-        if not found:
-            raise NotFound(f"No actor or alias found with id: {ident}.")
+    tenant = identity.tenant
+    idents = _identifiers(actors)
+    found = resolve_config_targets(tenant, idents)
+    if isinstance(found, str):
+        raise NotFound(f"No actor or alias found with id: {found}.")
+    for ident, (dbid, alias_key) in zip(idents, found):
+        if alias_key is not None and not perms.has_level(identity, perms.ALIAS, alias_key, perms.UPDATE):
+            raise PermissionDenied(f"Not authorized -- you need UPDATE on alias {ident} (and on its actor) to "
+                                   "attach a config to it; ask its owner to share it with you.")
+        if not perms.has_level(identity, perms.ACTOR, dbid, perms.UPDATE):
+            raise PermissionDenied(f"Not authorized -- you need UPDATE on actor {ident} to attach a config to "
+                                   "it; ask its owner to share it with you (POST .../permissions level=UPDATE).")
+    return found
 
 
 def display(row: Any) -> dict[str, Any]:
@@ -143,12 +153,12 @@ def _row(identity: Identity, name: str, level: int) -> Any:
 
 
 def create_config(services: Any, identity: Identity, fields: Mapping[str, Any]) -> dict[str, Any]:
-    from lightabaco.store.sharing import ActorConfig
+    from lightabaco.store.sharing import ActorConfig, bind_config
 
     name, value, secret, actors = _parse(fields, need_name=True)
     assert name is not None
     _validate_name(name)
-    _check_actors(identity.tenant, actors)
+    targets = _targets(identity, actors)
     stored = encrypt(services.settings.home, value) if secret else value
     key = config_key(identity.tenant, name)
     with write_tx():
@@ -156,6 +166,7 @@ def create_config(services: Any, identity: Identity, fields: Mapping[str, Any]) 
             raise ValidationError(f"Config {name} already exists; please choose another name for your config")
         row = ActorConfig.create(key=key, tenant=identity.tenant, name=name, value=stored, is_secret=secret,
                                  actors=actors, owner=identity.username, create_time=time.time())
+        bind_config(key, targets)
         perms.delete_object(perms.CONFIG, key)
         perms.set_permission(perms.CONFIG, key, identity.username, perms.UPDATE)
     return display(row)
@@ -173,23 +184,31 @@ def get_config(services: Any, identity: Identity, name: str) -> dict[str, Any]:
 
 
 def update_config(services: Any, identity: Identity, name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    from lightabaco.store.sharing import bind_config
+
     row = _row(identity, name, perms.UPDATE)
     new_name, value, secret, actors = _parse(fields, need_name=False)
     if new_name not in (None, "", name):
         raise ValidationError("Invalid config update description. The name of a config cannot be changed; "
                               "create a new config instead.")
-    _check_actors(identity.tenant, actors)
+    targets = _targets(identity, actors)
     row.value = encrypt(services.settings.home, value) if secret else value
     row.is_secret = secret
     row.actors = actors
-    row.save()
+    with write_tx():
+        row.save()
+        bind_config(row.key, targets)
     return display(row)
 
 
 def delete_config(services: Any, identity: Identity, name: str) -> None:
+    from lightabaco.store.sharing import ConfigBinding
+
     row = _row(identity, name, perms.UPDATE)
-    perms.delete_object(perms.CONFIG, row.key)
-    row.delete_instance()
+    with write_tx():
+        perms.delete_object(perms.CONFIG, row.key)
+        ConfigBinding.delete().where(ConfigBinding.config_key == row.key).execute()
+        row.delete_instance()
 
 
 def config_permissions(services: Any, identity: Identity, name: str) -> dict[str, str]:
@@ -205,19 +224,34 @@ def set_config_permission(services: Any, identity: Identity, name: str,
 
 
 def actor_configs_for(services: Any, tenant: str, actor_id: str) -> dict[str, str]:
-    """{config name: value} of every config listing this actor id or one of its aliases (secrets decrypted)."""
-    from lightabaco.store.sharing import ActorConfig, Alias
+    """{config name: value} of every config bound to this actor (secrets decrypted).
 
-    rows = list(ActorConfig.select().where(ActorConfig.tenant == tenant))
-    if not rows:
-        return {}
-    names = {actor_id} | {a.name for a in Alias.select(Alias.name)
-                          .where((Alias.tenant == tenant) & (Alias.actor_id == actor_id))}
+    Bindings name the actor by its dbid, fixed when the config was written: an alias re-created later by
+    someone else, or another actor given a freed name, never receives the config."""
+    from lightabaco.store.sharing import ActorConfig, ConfigBinding
+
+    bound = (ConfigBinding.select(ConfigBinding.config_key)
+             .where(ConfigBinding.actor_dbid == f"{tenant}_{actor_id}"))
+    rows = (ActorConfig.select().where((ActorConfig.tenant == tenant) & (ActorConfig.key << bound))
+            .order_by(ActorConfig.create_time))
     out: dict[str, str] = {}
     for row in rows:
-        if names.intersection(_identifiers(row.actors)):
-            out[row.name] = decrypt(services.settings.home, row.value) if row.is_secret else row.value
+        out[row.name] = decrypt(services.settings.home, row.value) if row.is_secret else row.value
     return out
+
+
+def unbind_alias(alias_key: str) -> None:
+    """An alias is gone: configs attached through it stop reaching its actor."""
+    from lightabaco.store.sharing import ConfigBinding
+
+    ConfigBinding.delete().where(ConfigBinding.alias_key == alias_key).execute()
+
+
+def unbind_actor(actor_dbid: str) -> None:
+    """An actor is gone: no config is delivered to its id any more."""
+    from lightabaco.store.sharing import ConfigBinding
+
+    ConfigBinding.delete().where(ConfigBinding.actor_dbid == actor_dbid).execute()
 
 
 __all__ = ["SecretsUnavailable", "actor_configs_for", "create_config", "list_configs"]

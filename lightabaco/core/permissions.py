@@ -121,8 +121,9 @@ def require(identity: Identity, kind: str, key: str, level: str | int, message: 
 def require_actor(services: Any, identity: Identity, actor: Any, level: str | int) -> None:
     """Raise PermissionDenied unless the caller holds `level` on the actor (admins always pass)."""
     key = actor_dbid(actor)
-    if not key.startswith(f"{identity.tenant}_") and not identity.is_admin:
-        # another tenant's actor is invisible, as if it did not exist
+    if not key.startswith(f"{identity.tenant}_") and not identity.is_owner:
+        # another tenant's actor is invisible, as if it did not exist (to its admins too: only the
+        # instance owner crosses tenants)
         raise NotFound(f"Actor with identifier '{key.rsplit('_', 1)[-1]}' not found")
     require(identity, ACTOR, key, level, ACTOR_DENIED)
 
@@ -134,16 +135,20 @@ def on_actor_created(services: Any, identity: Identity, actor: Any) -> None:
 
 
 def on_actor_deleted(services: Any, actor: Any) -> None:
-    """Remove what hangs off a deleted actor: its permissions, nonces and the aliases pointing to it."""
+    """Remove what hangs off a deleted actor: its permissions, nonces, config bindings and the aliases
+    pointing to it (with their own config bindings)."""
+    from lightabaco.core import configs
     from lightabaco.store.sharing import Alias, Nonce
 
     key = actor_dbid(actor)
     tenant, actor_id = key.rsplit("_", 1)
     delete_object(ACTOR, key)
     Nonce.delete().where(Nonce.actor_dbid == key).execute()
+    configs.unbind_actor(key)
     for alias in Alias.select().where((Alias.tenant == tenant) & (Alias.actor_id == actor_id)):
         delete_object(ALIAS, alias.key)
         Nonce.delete().where((Nonce.tenant == tenant) & (Nonce.alias_name == alias.name)).execute()
+        configs.unbind_alias(alias.key)
         alias.delete_instance()
 
 

@@ -98,6 +98,11 @@ def all_models() -> list[type[peewee.Model]]:
 
 def create_tables() -> None:
     database.create_tables(all_models(), safe=True)
+    # Data migrations of the sharing models (idempotent; each runs once per database).
+    sharing = sys.modules.get("lightabaco.store.sharing")
+    migrate = getattr(sharing, "migrate", None)
+    if migrate is not None:
+        migrate()
 
 
 def close() -> None:

@@ -111,4 +111,90 @@ class EventDelivery(SharingModel):
         table_name = "sharing_event_delivery"
 
 
-MODELS: list[type[SharingModel]] = [User, Permission, Nonce, Alias, ActorConfig, EventDelivery]
+class ConfigBinding(SharingModel):
+    """One actor a config is delivered to, bound by the actor's identity (its dbid), never by a name.
+
+    `alias_key` is set when the user named the actor through an alias: deleting that alias drops the
+    binding, so whoever re-creates the name later does not receive the config."""
+
+    id = peewee.AutoField()
+    config_key = peewee.CharField(index=True)  # ActorConfig.key
+    actor_dbid = peewee.CharField(index=True)  # {tenant}_{actor id}, resolved when the config was written
+    alias_key = peewee.CharField(null=True, index=True)  # {tenant}_{alias} when named through an alias
+
+    class Meta:
+        table_name = "sharing_config_binding"
+
+
+class SchemaStep(SharingModel):
+    """Data migrations already applied to this database (one row each), so each runs exactly once."""
+
+    name = peewee.CharField(primary_key=True)
+    applied_time = peewee.FloatField()
+
+    class Meta:
+        table_name = "sharing_schema_step"
+
+
+MODELS: list[type[SharingModel]] = [User, Permission, Nonce, Alias, ActorConfig, EventDelivery, ConfigBinding,
+                                    SchemaStep]
+
+CONFIG_BINDINGS_STEP = "config_bindings_by_actor_id"
+
+
+def resolve_config_targets(tenant: str, identifiers: list[str]) -> list[tuple[str, str | None]] | str:
+    """[(actor dbid, alias key or None)] for the identifiers of a config, or the first one that names
+    neither an actor nor an alias of the tenant."""
+    from lightabaco.store.models import Actor
+
+    out: list[tuple[str, str | None]] = []
+    for ident in identifiers:
+        dbid = f"{tenant}_{ident}"
+        if Actor.select().where(Actor.dbid == dbid).exists():
+            out.append((dbid, None))
+            continue
+        alias = Alias.get_or_none(Alias.key == f"{tenant}_{ident}")
+        if alias is None or not Actor.select().where(Actor.dbid == f"{tenant}_{alias.actor_id}").exists():
+            return ident
+        out.append((f"{tenant}_{alias.actor_id}", alias.key))
+    return out
+
+
+def bind_config(config_key: str, targets: list[tuple[str, str | None]]) -> None:
+    """Replace a config's bindings (call inside a write transaction)."""
+    ConfigBinding.delete().where(ConfigBinding.config_key == config_key).execute()
+    seen: set[tuple[str, str | None]] = set()
+    for dbid, alias_key in targets:
+        if (dbid, alias_key) not in seen:
+            seen.add((dbid, alias_key))
+            ConfigBinding.create(config_key=config_key, actor_dbid=dbid, alias_key=alias_key)
+
+
+def migrate_config_bindings() -> None:
+    """Databases written before bindings existed matched configs to actors by name at every execution.
+    Bind each old config once to what its names resolve to now; names that resolve to nothing are
+    dropped (they would otherwise go to whoever creates that name later). Idempotent: runs once per
+    database, in one transaction with its marker."""
+    import time
+
+    from lightabaco.store.db import write_tx
+
+    if SchemaStep.select().where(SchemaStep.name == CONFIG_BINDINGS_STEP).exists():
+        return
+    with write_tx():
+        if SchemaStep.select().where(SchemaStep.name == CONFIG_BINDINGS_STEP).exists():
+            return  # another process got there first
+        for config in ActorConfig.select():
+            idents = [a.strip() for a in config.actors.split(",") if a.strip()]
+            targets: list[tuple[str, str | None]] = []
+            for ident in idents:  # one at a time: an unresolvable name drops only itself
+                found = resolve_config_targets(config.tenant, [ident])
+                if not isinstance(found, str):
+                    targets.extend(found)
+            bind_config(config.key, targets)
+        SchemaStep.create(name=CONFIG_BINDINGS_STEP, applied_time=time.time())
+
+
+def migrate() -> None:
+    """Data migrations of the sharing tables, run when the database is opened (store.db.create_tables)."""
+    migrate_config_bindings()

@@ -36,8 +36,13 @@ def test_configs_flow(sharing_client):
     assert r.status_code == 400 and "forbidden character" in r.json()["message"]
     r = c.post("/actors/configs", json={"name": "x", "value": "v", "actors": a1}, headers=h("owner"))
     assert r.status_code == 400 and "is_secret" in r.json()["message"]
-    # regular users may create configs naming someone else's actor, but not change others' configs
-    res(c.post("/actors/configs", data={"name": "theirs", "value": "v", "actors": a1, "is_secret": "false"},
+    # regular users may create configs naming their own actors (not someone else's: that needs UPDATE on
+    # it, unlike Abaco), but not change others' configs
+    r = c.post("/actors/configs", data={"name": "theirs", "value": "v", "actors": a1, "is_secret": "false"},
+               headers=h("regular"))
+    assert r.status_code == 400 and "you need UPDATE on actor" in r.json()["message"]
+    own = sharing_client.create_actor("regular")
+    res(c.post("/actors/configs", data={"name": "theirs", "value": "v", "actors": own, "is_secret": "false"},
                headers=h("regular")))
     r = c.put("/actors/configs/the_config", json={"value": "v2", "actors": a1, "is_secret": True},
               headers=h("regular"))
