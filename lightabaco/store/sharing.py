@@ -181,18 +181,23 @@ def migrate_config_bindings() -> None:
 
     if SchemaStep.select().where(SchemaStep.name == CONFIG_BINDINGS_STEP).exists():
         return
-    with write_tx():
-        if SchemaStep.select().where(SchemaStep.name == CONFIG_BINDINGS_STEP).exists():
-            return  # another process got there first
-        for config in ActorConfig.select():
-            idents = [a.strip() for a in config.actors.split(",") if a.strip()]
-            targets: list[tuple[str, str | None]] = []
-            for ident in idents:  # one at a time: an unresolvable name drops only itself
-                found = resolve_config_targets(config.tenant, [ident])
-                if not isinstance(found, str):
-                    targets.extend(found)
-            bind_config(config.key, targets)
-        SchemaStep.create(name=CONFIG_BINDINGS_STEP, applied_time=time.time())
+    try:
+        with write_tx():
+            if SchemaStep.select().where(SchemaStep.name == CONFIG_BINDINGS_STEP).exists():
+                return  # another process got there first
+            for config in ActorConfig.select():
+                idents = [a.strip() for a in config.actors.split(",") if a.strip()]
+                targets: list[tuple[str, str | None]] = []
+                for ident in idents:  # one at a time: an unresolvable name drops only itself
+                    found = resolve_config_targets(config.tenant, [ident])
+                    if not isinstance(found, str):
+                        targets.extend(found)
+                bind_config(config.key, targets)
+            SchemaStep.create(name=CONFIG_BINDINGS_STEP, applied_time=time.time())
+    except peewee.IntegrityError:
+        # PostgreSQL: another process committed the same step concurrently; ours was rolled back
+        if not SchemaStep.select().where(SchemaStep.name == CONFIG_BINDINGS_STEP).exists():
+            raise
 
 
 def migrate() -> None:
