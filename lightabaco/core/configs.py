@@ -2,6 +2,9 @@
 
 Secret values are encrypted at rest with a Fernet key kept in `<home>/config.key` (mode 0600) and are
 never displayed (not even to the owner: replace them with PUT); actors receive them decrypted.
+
+A config reaches the actors it was bound to when written (names resolved to actor ids then; the writer
+needs UPDATE on each actor and alias named), never an actor that later takes a freed alias name.
 """
 
 from __future__ import annotations
