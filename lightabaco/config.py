@@ -86,10 +86,9 @@ class Settings:
     search_max_list_items: int = 200
     # Search: a search still filtering after this many seconds stops and answers 503.
     search_timeout_s: float = 5.0
-    # HTTP: open connections beyond this are closed at once (before reading anything).
+    # HTTP: open connections at most (also capped below the file-descriptor limit); a new connection
+    # beyond it first evicts the oldest one still waiting for its headers, else it is refused with 503.
     max_connections: int = 1000
-    # HTTP: requests beyond this many in flight at once answer 503 (uvicorn's limit_concurrency).
-    max_concurrent_requests: int = 500
     # HTTP: a request line and headers not complete this many seconds after they began: connection closed.
     header_timeout_s: float = 10.0
     # HTTP: a request body not fully received this many seconds after its headers: connection closed.

@@ -103,3 +103,110 @@ def test_oversized_queries_and_lists_are_refused_with_400(search_server):
     deep = "[" * 3000 + "]" * 3000  # nested past the JSON parser's depth: taken as a plain string
     r = server.get("/actors/search/actors", params={"id.in": deep})
     assert r.status_code == 200, r.text
+
+
+# -- item 5: unauthenticated connection exhaustion ---------------------------------------------------
+
+def _raise_own_fd_limit(need: int) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"this test needs {need} open files; the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """True when the server closed this socket (EOF or reset after whatever it wrote last)."""
+    sock.settimeout(0.01)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except (socket.timeout, BlockingIOError):
+        return False
+
+
+@pytest.fixture
+def conn_server(test_image_layouts: Path) -> Iterator[LiveServer]:
+    server = start_server(test_image_layouts, header_timeout_s=3, body_timeout_s=8)
+    yield server
+    server.stop()
+    shutil.rmtree(server.home, ignore_errors=True)
+
+
+def test_stalled_header_flood_neither_starves_clients_nor_keeps_descriptors(conn_server):
+    server = conn_server
+    count = 1200
+    _raise_own_fd_limit(count + 512)
+    stalled: list[socket.socket] = []
+    try:
+        for i in range(count):  # each sends half a header line, then never another byte
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.sendall(b"GET /actors HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Stall-" + str(i).encode())
+            stalled.append(s)
+        started = time.monotonic()
+        elapsed, status = timed_get(server, timeout=10)
+        assert status == 200 and elapsed < 2.0, f"GET /actors: {status} after {elapsed:.2f} s"
+        # All stalled sockets are closed by the server within the header deadline (3 s) plus slack.
+        deadline = started + 3 + 6
+        open_ones = list(stalled)
+        while open_ones and time.monotonic() < deadline:
+            open_ones = [s for s in open_ones if not _closed_by_peer(s)]
+            time.sleep(0.2)
+        assert not open_ones, f"{len(open_ones)} of {count} stalled connections still open"
+        elapsed, status = timed_get(server)
+        assert status == 200 and elapsed < 2.0
+    finally:
+        for s in stalled:
+            s.close()
+    assert "Too many open files" not in server.log_tail(400)
+
+
+def test_stalled_large_bodies_cost_bounded_memory(conn_server):
+    import psutil
+
+    server = conn_server
+    actor = server.register(image="abacosamples/test", wait_ready=False)
+    body_size = 10_000_000
+    head = (f"POST /actors/{actor['id']}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {server.token}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {body_size}\r\n\r\n").encode()
+    chunk = b"x" * (1 << 20)
+    proc = psutil.Process(server.proc.pid)
+    before = proc.memory_info().rss
+    peak = before
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(50):  # 9.5 MB of each 10 MB body, then silence
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            stalled.append(s)
+            try:
+                s.sendall(head)
+                for _ in range(9):
+                    s.sendall(chunk)
+                s.sendall(chunk[: 1 << 19])
+            except OSError:  # refused part-way (503: too many bodies in flight): fine
+                pass
+            peak = max(peak, proc.memory_info().rss)
+        time.sleep(1.0)
+        peak = max(peak, proc.memory_info().rss)
+        elapsed, status = timed_get(server)
+        assert status == 200 and elapsed < 2.0, f"GET /actors: {status} after {elapsed:.2f} s"
+        grown = (peak - before) / (1 << 20)
+        assert grown < 100, f"the server grew by {grown:.0f} MiB holding 50 stalled bodies"
+        # The body deadline (8 s) closes them all.
+        deadline = time.monotonic() + 8 + 8
+        open_ones = list(stalled)
+        while open_ones and time.monotonic() < deadline:
+            open_ones = [s for s in open_ones if not _closed_by_peer(s)]
+            time.sleep(0.2)
+        assert not open_ones, f"{len(open_ones)} stalled uploads still open after the body deadline"
+    finally:
+        for s in stalled:
+            s.close()
+    print(f"RSS growth with 50 stalled 10 MB bodies: {(peak - before) / (1 << 20):.1f} MiB")
