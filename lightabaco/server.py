@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import schedule
@@ -26,6 +27,8 @@ from lightabaco.store import db
 
 log = logging.getLogger("lightabaco.server")
 
+EXIT_DAMAGED_DATABASE = 3
+
 
 def first_run(settings: Settings) -> str:
     """Create the home, the database and the owner token; returns the token ("" with --auth none).
@@ -35,6 +38,7 @@ def first_run(settings: Settings) -> str:
     settings.home.mkdir(mode=0o711, parents=True, exist_ok=True)
     for sub in (settings.images_dir, settings.exec_dir, settings.run_dir):
         sub.mkdir(mode=0o711, parents=True, exist_ok=True)
+    refuse_damaged_database(settings)
     db.connect(settings, create=True)
     _restrict_database_files(settings)
     if settings.auth == "none":
@@ -42,6 +46,20 @@ def first_run(settings: Settings) -> str:
     from lightabaco.core import auth
 
     return auth.ensure_owner_token(settings.home, settings.tenant)
+
+
+def refuse_damaged_database(settings: Settings) -> None:
+    """Stop before serving from a damaged SQLite file: every request would fail with 500 otherwise.
+    Prints what is wrong, the file and how to recover, and exits with status 3."""
+    url = settings.database_url or ""
+    if url and not url.startswith("sqlite"):
+        return
+    path = Path(url[len("sqlite:///"):]) if url else settings.db_path
+    try:
+        db.check_integrity(path)
+    except db.DatabaseCorrupt as exc:
+        print(f"lightabaco: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_DAMAGED_DATABASE) from None
 
 
 def _restrict_database_files(settings: Settings) -> None:

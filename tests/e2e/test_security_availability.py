@@ -210,3 +210,105 @@ def test_stalled_large_bodies_cost_bounded_memory(conn_server):
         for s in stalled:
             s.close()
     print(f"RSS growth with 50 stalled 10 MB bodies: {(peak - before) / (1 << 20):.1f} MiB")
+
+
+# -- item 12: degraded service --------------------------------------------------------------------
+
+def test_locked_database_answers_503_quickly_and_reads_keep_working(test_image_layouts):
+    import sqlite3
+
+    server = start_server(test_image_layouts, api_db_busy_timeout_s=2)
+    try:
+        actor = server.register(image="abacosamples/test", wait_ready=False)
+        holder = sqlite3.connect(server.home / "lightabaco.db", timeout=30, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, as a long transaction elsewhere would hold it
+        try:
+            post = Background(lambda: server.post(f"/actors/{actor['id']}/messages",
+                                                  data={"message": "locked"}, timeout=30))
+            post.start()
+            slowest = 0.0
+            for _ in range(8):
+                elapsed, status = timed_get(server)
+                assert status == 200
+                slowest = max(slowest, elapsed)
+                time.sleep(0.1)
+            post.join(30)
+            assert post.error is None, post.error
+            r = post.result
+            assert r.status_code == 503, r.text
+            assert "busy" in r.json()["message"] and "etry" in r.json()["message"]
+            assert post.elapsed < 5, f"the message POST waited {post.elapsed:.1f} s"
+            assert slowest < 1.0, f"GET /actors took {slowest:.2f} s while the database was locked"
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert server.post(f"/actors/{actor['id']}/messages", data={"message": "after"}).status_code == 200
+    finally:
+        server.stop()
+        shutil.rmtree(server.home, ignore_errors=True)
+
+
+def _damaged_home(how: str) -> Path:
+    import subprocess
+    import sys
+
+    from tests.fixtures.server import ROOT
+
+    home = make_home("lab-avail-db-")
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                    "from lightabaco.config import Settings; from lightabaco.server import first_run; "
+                    "first_run(Settings(home=Path(sys.argv[1]), auth='none'))", str(home)],
+                   cwd=ROOT, check=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    path = home / "lightabaco.db"
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8192
+    if how == "header":
+        data[0:100] = b"\xa5" * 100
+    else:  # garbage over every page after the first: the schema's tables point into noise
+        for i in range(4096, len(data)):
+            data[i] = (i * 131) & 0xFF
+    path.write_bytes(bytes(data))
+    return home
+
+
+@pytest.mark.parametrize("how", ["header", "pages"])
+def test_serve_refuses_a_damaged_database_with_a_clear_message(how):
+    import subprocess
+    import sys
+
+    from tests.fixtures.server import ROOT
+
+    home = _damaged_home(how)
+    try:
+        env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("LIGHTABACO_")}
+        env["PYTHONPATH"] = str(ROOT)
+        proc = subprocess.run([sys.executable, "-m", "lightabaco", "serve", "--home", str(home),
+                               "--port", str(free_port()), "--no-samples"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 3, (proc.returncode, proc.stderr[-2000:])
+        assert str(home / "lightabaco.db") in proc.stderr
+        assert "damaged" in proc.stderr and ".recover" in proc.stderr and "backup" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(search_server):
+    server = search_server
+    actor = server.register(image="abacosamples/test", wait_ready=False)
+    deep = "[" * 100_000 + "]" * 100_000
+    json_type = {"Content-Type": "application/json"}
+    cases = [
+        ("/actors", deep, json_type),
+        ("/actors", '{"image": "abacosamples/test", "default_environment": ' + "{\"a\":" * 300 + "1"
+         + "}" * 300 + "}", json_type),
+        (f"/actors/{actor['id']}/messages", deep, json_type),
+        (f"/actors/{actor['id']}/messages", deep, {}),  # no type: tried as loose JSON text
+        (f"/actors/{actor['id']}/messages", '{"message": ' + deep + "}", json_type),
+    ]
+    for path, body, headers in cases:
+        r = server.post(path, data=body.encode(), headers=headers)
+        assert r.status_code == 400, (path, headers, r.status_code, r.text[:300])
+        assert "nest" in r.json()["message"], r.text[:300]
+    assert server.get("/actors").status_code == 200
