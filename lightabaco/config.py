@@ -80,6 +80,25 @@ class Settings:
     # -- sharing: configs, tenants --
 
     # -- availability: search, connections, database --
+    # Search: a query (keys and values together) longer than this is refused with 400.
+    search_max_query_chars: int = 8192
+    # Search: `.in`/`.nin`/`.eq` lists longer than this are refused with 400.
+    search_max_list_items: int = 200
+    # Search: a search still filtering after this many seconds stops and answers 503.
+    search_timeout_s: float = 5.0
+    # HTTP: open connections at most (also capped below the file-descriptor limit); a new connection
+    # beyond it first evicts the oldest one still waiting for its headers, else it is refused with 503.
+    max_connections: int = 1000
+    # HTTP: a request line and headers not complete this many seconds after they began: connection closed.
+    header_timeout_s: float = 10.0
+    # HTTP: a request body not fully received this many seconds after its headers: connection closed.
+    body_timeout_s: float = 60.0
+    # HTTP: bodies are kept in memory up to this size each; larger ones are spooled to a temporary file.
+    body_memory_bytes: int = 262_144
+    # HTTP: bodies being received by all requests together may not exceed this; beyond, 503.
+    max_inflight_body_bytes: int = 268_435_456
+    # Database: an API request waits at most this long for a lock held by another writer, then 503.
+    api_db_busy_timeout_s: float = 3.0
 
     # -- sandbox: memory accounting --
 

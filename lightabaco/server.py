@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import schedule
@@ -26,6 +27,8 @@ from lightabaco.store import db
 
 log = logging.getLogger("lightabaco.server")
 
+EXIT_DAMAGED_DATABASE = 3
+
 
 def first_run(settings: Settings) -> str:
     """Create the home, the database and the owner token; returns the token ("" with --auth none).
@@ -35,6 +38,7 @@ def first_run(settings: Settings) -> str:
     settings.home.mkdir(mode=0o711, parents=True, exist_ok=True)
     for sub in (settings.images_dir, settings.exec_dir, settings.run_dir):
         sub.mkdir(mode=0o711, parents=True, exist_ok=True)
+    refuse_damaged_database(settings)
     db.connect(settings, create=True)
     _restrict_database_files(settings)
     if settings.auth == "none":
@@ -42,6 +46,20 @@ def first_run(settings: Settings) -> str:
     from lightabaco.core import auth
 
     return auth.ensure_owner_token(settings.home, settings.tenant)
+
+
+def refuse_damaged_database(settings: Settings) -> None:
+    """Stop before serving from a damaged SQLite file: every request would fail with 500 otherwise.
+    Prints what is wrong, the file and how to recover, and exits with status 3."""
+    url = settings.database_url or ""
+    if url and not url.startswith("sqlite"):
+        return
+    path = Path(url[len("sqlite:///"):]) if url else settings.db_path
+    try:
+        db.check_integrity(path)
+    except db.DatabaseCorrupt as exc:
+        print(f"lightabaco: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_DAMAGED_DATABASE) from None
 
 
 def _restrict_database_files(settings: Settings) -> None:
@@ -102,15 +120,50 @@ class Ticker:
         self._stop.set()
 
 
+# File descriptors kept for the database, worker pipes, doorbells, logs and images when the connection
+# cap is derived from RLIMIT_NOFILE.
+FD_RESERVE = 256
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (idle clients must not starve housekeeping of
+    descriptors: EMFILE); returns the soft limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft
+
+
+def connection_cap(settings: Settings, fd_limit: int) -> int:
+    """max_connections, lowered so that connections alone never use every descriptor."""
+    cap = min(settings.max_connections, max(fd_limit - FD_RESERVE, 16))
+    if cap < settings.max_connections:
+        log.warning("max_connections lowered to %d: the open-file limit is %d (raise it with ulimit -n)",
+                    cap, fd_limit)
+    return cap
+
+
 def _uvicorn_server(settings: Settings, services: Services) -> Any:
     import uvicorn
 
     from lightabaco.http.app import create_app
+    from lightabaco.http.connections import guarded_protocol
 
     app = create_app(services)
+    protocol = guarded_protocol(connection_cap(settings, raise_fd_limit()), settings.header_timeout_s,
+                                settings.body_timeout_s)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             access_log=False, lifespan="on", server_header=False,
-                            timeout_keep_alive=30)
+                            timeout_keep_alive=30, http=protocol,
+                            # the listen queue: a burst of connections waits here, not in our memory
+                            backlog=2048)
     return uvicorn.Server(config)
 
 
@@ -118,6 +171,7 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
     """Run until SIGINT/SIGTERM. With api=False only the supervisor and ticker run (and vice versa)."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raise_fd_limit()
     first_run(settings)
     services = build_services(settings)
     supervisor = ticker = None

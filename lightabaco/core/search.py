@@ -5,6 +5,10 @@ Abaco's query language: `field[.op]=value` (ops eq, neq, gt, gte, lt, lte, in, n
 between; dotted paths such as `final_state.StartedAt`), `search=` (any word), `exactsearch=` (phrase),
 `skip`, `limit` (default 100). Values are typed as Abaco types them (bools, none, times, numbers,
 JSON lists, strings).
+
+Every search is bounded: `.like` patterns run on RE2 (linear time in the text, bounded memory; never
+Python's backtracking `re` on a caller's pattern), the query's length and its lists are capped, and the
+filtering stops with 503 after `search_timeout_s` (it runs in a worker thread, never on the event loop).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 from lightabaco.core import permissions as perms
@@ -31,6 +36,16 @@ _OFFSET = re.compile(r"([+-])(\d{2}):(\d{2})$")
 
 class SearchError(AbacoError):
     code = 400
+
+
+class SearchTimeout(AbacoError):
+    code = 503
+
+
+# RE2's memory for one compiled pattern (its DFA cache); a pattern that needs more fails to compile.
+_RE2_MAX_MEM = 8 << 20
+# Used when a setting is missing (core callers built without the availability settings).
+_DEFAULTS = {"search_max_query_chars": 8192, "search_max_list_items": 200, "search_timeout_s": 5.0}
 
 
 # -- typing query values -------------------------------------------------------------------------------
@@ -83,7 +98,7 @@ def typed_value(path: str, raw: str) -> Any:
         for candidate in (text, text.replace("'", '"')):
             try:
                 value = json.loads(candidate)
-            except ValueError:
+            except (ValueError, RecursionError):  # [[[[... nested past the parser's depth: a string
                 continue
             if isinstance(value, list):
                 return value
@@ -125,21 +140,49 @@ def _compare(op: str, have: Any, want: Any) -> bool:
     return False
 
 
-def _regex(pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error:
-        return re.compile(re.escape(pattern))
+class Pattern:
+    """A `.like` pattern matched in linear time: RE2 when it accepts the pattern, else a plain substring.
+
+    Abaco's `.like` is Mongo's `$regex` (unanchored, case-sensitive). RE2 speaks the same syntax except
+    back-references and look-around, which are what make backtracking engines exponential; a pattern
+    RE2 refuses is matched literally (as Abaco's code does for a pattern Python cannot compile)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.text = pattern
+        self._rx: Any = None
+        try:
+            import re2
+        except ImportError:  # no RE2 on this platform: substring matching only, still linear
+            return
+        options = re2.Options()
+        options.max_mem = _RE2_MAX_MEM
+        options.log_errors = False
+        try:
+            self._rx = re2.compile(pattern, options)
+        except re2.error:
+            self._rx = None
+
+    def search(self, value: str) -> bool:
+        if self._rx is not None:
+            return self._rx.search(value) is not None
+        return self.text in value
 
 
-def build_filter(key: str, raw: str) -> Callable[[Mapping[str, Any]], bool]:
+def _check_list(key: str, value: Any, max_items: int) -> None:
+    if isinstance(value, list) and len(value) > max_items:
+        raise SearchError(f"{key} lists {len(value)} values; a search accepts at most {max_items} "
+                          "(search_max_list_items): split the query into several searches.")
+
+
+def build_filter(key: str, raw: str, max_items: int = _DEFAULTS["search_max_list_items"]
+                 ) -> Callable[[Mapping[str, Any]], bool]:
     path, op = key, "eq"
     if "." in key and key.rsplit(".", 1)[1] in OPS:
         path, op = key.rsplit(".", 1)
     first, _, rest = path.partition(".")
     path = camel_to_under(first) + ("." + rest if rest else "")  # camel query keys match stored snake keys
     if op in ("like", "nlike"):
-        rx = _regex(raw)
+        rx = Pattern(raw)
 
         def like(record: Mapping[str, Any]) -> bool:
             found, value = _record_value(record, path)
@@ -148,6 +191,7 @@ def build_filter(key: str, raw: str) -> Callable[[Mapping[str, Any]], bool]:
         return like
     if op in ("in", "nin"):
         want = typed_value(path, raw)
+        _check_list(key, want, max_items)
         options = want if isinstance(want, list) else [want]
         if is_time_field(path):
             options = [parse_time(o) or o if isinstance(o, str) else o for o in options]
@@ -168,6 +212,7 @@ def build_filter(key: str, raw: str) -> Callable[[Mapping[str, Any]], bool]:
             return _compare("gte", value, low) and _compare("lte", value, high)
         return between
     want = typed_value(path, raw)
+    _check_list(key, want, max_items)
 
     def compare(record: Mapping[str, Any]) -> bool:
         found, value = _record_value(record, path)
@@ -313,6 +358,37 @@ def _display(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# -- bounds ----------------------------------------------------------------------------------------
+
+
+class Deadline:
+    """Stops an iteration with SearchTimeout once `seconds` have passed since it was made."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def each(self, items: Iterable[Any]) -> Iterable[Any]:
+        for item in items:
+            if time.monotonic() > self.end:
+                raise SearchTimeout(f"The search did not finish within {self.seconds:g} s "
+                                    "(search_timeout_s); narrow it with more specific filters, or a "
+                                    "smaller limit, and retry.")
+            yield item
+
+
+def _bounds(services: Any) -> dict[str, Any]:
+    settings = getattr(services, "settings", None)
+    return {name: getattr(settings, name, default) for name, default in _DEFAULTS.items()}
+
+
+def _check_query(params: Mapping[str, Any], max_chars: int) -> None:
+    size = sum(len(str(k)) + len(str(v)) for k, v in params.items())
+    if size > max_chars:
+        raise SearchError(f"The search query is {size} characters long; at most {max_chars} are accepted "
+                          "(search_max_query_chars): use shorter patterns or fewer filters.")
+
+
 # -- the seam ----------------------------------------------------------------------------------------
 
 
@@ -322,21 +398,26 @@ def search(services: Any, identity: Identity, kind: str, query_params: Mapping[s
     if kind not in KINDS:
         raise SearchError(f"Unknown search type {kind!r}; use one of: {', '.join(KINDS)}.", 400)
     params = {k: (v[-1] if isinstance(v, (list, tuple)) else v) for k, v in query_params.items()}
+    bounds = _bounds(services)
+    _check_query(params, bounds["search_max_query_chars"])
     skip = _int_param(params, "skip", 0)
     limit = _int_param(params, "limit", DEFAULT_LIMIT)
-    filters = [build_filter(k, str(v)) for k, v in params.items() if k not in IGNORED_KEYS]
+    filters = [build_filter(k, str(v), bounds["search_max_list_items"]) for k, v in params.items()
+               if k not in IGNORED_KEYS]
+    deadline = Deadline(bounds["search_timeout_s"])
     visible = perms.visible_actor_dbids(services, identity)
     if actor is not None:
         key = perms.actor_dbid(actor)
         visible = {key} if (identity.is_admin or key in visible) else set()
-    records = [r for r in _RECORDS[kind](services, identity, visible) if all(f(r) for f in filters)]
+    records = [r for r in deadline.each(_RECORDS[kind](services, identity, visible))
+               if all(f(r) for f in filters)]
     words = str(params.get("search") or "").lower().split()
     if words:
-        scored = [(sum(_text(r).count(w) for w in words), i, r) for i, r in enumerate(records)]
+        scored = [(sum(_text(r).count(w) for w in words), i, r) for i, r in deadline.each(enumerate(records))]
         records = [r for score, _, r in sorted(scored, key=lambda t: (-t[0], t[1])) if score > 0]
     phrase = str(params.get("exactsearch") or "").lower()
     if phrase:
-        records = [r for r in records if phrase in _text(r)]
+        records = [r for r in deadline.each(records) if phrase in _text(r)]
     page = [_display(r) for r in records[skip:skip + limit]]
     metadata = {"total_count": len(records), "records_skipped": skip, "record_limit": limit,
                 "count_returned": len(page)}
@@ -346,4 +427,4 @@ def search(services: Any, identity: Identity, kind: str, query_params: Mapping[s
     return {"_metadata": metadata, "search": page}
 
 
-__all__ = ["KINDS", "SearchError", "search"]
+__all__ = ["KINDS", "Pattern", "SearchError", "SearchTimeout", "search"]

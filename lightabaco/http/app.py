@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from lightabaco.core import busy
 from lightabaco.core.doorbell import ExecutionWaiter
 from lightabaco.core.errors import AbacoError
 from lightabaco.http import envelope
@@ -69,18 +70,37 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return envelope.error(str(exc.detail), exc.status_code)
 
 
+TOO_DEEP = ("The request is nested too deeply to be read (JSON or form input); flatten it, or send it as a "
+            "string or binary message.")
+
+
+async def database_busy(request: Request, exc: Exception) -> Response:
+    return envelope.error(busy.busy_message(exc), 503)
+
+
+async def too_deep(request: Request, exc: Exception) -> Response:
+    return envelope.error(TOO_DEEP, 400)
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
+    # The store's "database is locked" (SQLITE_BUSY), wherever it was raised: a clear 503, retry.
+    if busy.is_busy(exc):
+        return envelope.error(busy.busy_message(exc), 503)
+    if isinstance(exc, RecursionError):  # a parser or converter recursing on hostile nesting
+        return envelope.error(TOO_DEEP, 400)
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return envelope.error(f"Unrecognized exception type: {type(exc).__name__}. Exception: {exc}", 500)
 
 
 def create_app(services: Any, waiter: ExecutionWaiter | None = None) -> Starlette:
     envelope.set_version(services.settings.version)
+    busy.configure(getattr(services.settings, "api_db_busy_timeout_s", busy.DEFAULT_WAIT_S))
     if waiter is None:
         waiter = ExecutionWaiter(services.settings.home)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        busy.limit_event_loop_thread()
         try:
             waiter.start()
         except OSError as exc:  # another process already uses this name: fall back to polling
@@ -102,6 +122,7 @@ def create_app(services: Any, waiter: ExecutionWaiter | None = None) -> Starlett
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={AbacoError: abaco_error, HTTPException: http_error,
+                                        busy.DatabaseBusy: database_busy, RecursionError: too_deep,
                                         Exception: unexpected_error})
     app.state.services = services
     app.state.waiter = waiter

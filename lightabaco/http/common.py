@@ -8,6 +8,7 @@ from typing import Any, Callable, TypeVar
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from lightabaco.core import busy
 from lightabaco.core.identity import Identity
 from lightabaco.core.serialize import to_case
 from lightabaco.http.envelope import JSONEnvelope, ok
@@ -28,8 +29,9 @@ def identity_of(request: Request) -> Identity:
 
 
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a (blocking, database-bound) core call off the event loop."""
-    return await run_in_threadpool(fn, *args, **kwargs)
+    """Run a (blocking, database-bound) core call off the event loop, waiting at most
+    api_db_busy_timeout_s for another process's write lock (then DatabaseBusy: 503, retry)."""
+    return await run_in_threadpool(busy.bounded, fn, *args, **kwargs)
 
 
 def case_of(request: Request) -> str:

@@ -77,10 +77,9 @@ async def actor_messages(request: Request) -> Response:
         return respond(request, result, "The request was successful")
     synchronous = request.query_params.get("_abaco_synchronous", "").lower() == "true"
     payload, content_type = await interpret(request, services.settings.max_body_bytes)
-    # Inline, not in the threadpool: the enqueue is a few cached statements and one short
-    # transaction, and skipping the thread hop is what lets one API process accept > 1000 messages/s.
-    sent = messages.send_message(services, identity, actor_id, payload, content_type,
-                                 message_query(request), synchronous)
+    # In the threadpool like every database call: a locked database must never stall the event loop.
+    sent = await call(messages.send_message, services, identity, actor_id, payload, content_type,
+                      message_query(request), synchronous)
     if synchronous:
         return await wait_synchronous(request, sent)
     result = sent.result

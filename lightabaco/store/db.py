@@ -11,9 +11,10 @@ import contextlib
 import importlib
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import peewee
 
@@ -39,6 +40,107 @@ class StoreError(Exception):
     """The database could not be opened or used; the message says which file/URL and what to do."""
 
 
+class DatabaseBusy(StoreError):
+    """Another process held SQLite's write lock for longer than this thread may wait (the API answers
+    503: retry)."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(f"The database is busy: another process held its write lock for more than "
+                         f"{waited_s:g} s. Retry in a few seconds.")
+        self.waited_s = waited_s
+
+
+class DatabaseCorrupt(StoreError):
+    """The database file fails SQLite's integrity check; the message says how to recover."""
+
+
+_local = threading.local()  # .wait_s: how long this thread may wait for a lock (None: LOCK_WAIT_S)
+
+
+def is_busy_error(exc: BaseException) -> bool:
+    """Whether an exception means "the database is locked by someone else" (SQLITE_BUSY/LOCKED)."""
+    if isinstance(exc, DatabaseBusy):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, peewee.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def _lock_wait_s() -> float:
+    wait = getattr(_local, "wait_s", None)
+    return LOCK_WAIT_S if wait is None else wait
+
+
+@contextlib.contextmanager
+def lock_wait(seconds: float) -> Iterator[None]:
+    """Within this block, this thread waits at most `seconds` for another process's write lock, then
+    raises DatabaseBusy (instead of SQLite's ten seconds). For API requests: a short, clear 503."""
+    db = database.obj
+    sqlite = isinstance(db, peewee.SqliteDatabase)
+    previous = getattr(_local, "wait_s", None)
+    _local.wait_s = seconds
+    try:
+        if sqlite:
+            db.execute_sql(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        yield
+    except peewee.OperationalError as exc:
+        if is_busy_error(exc):
+            raise DatabaseBusy(seconds) from exc
+        raise
+    finally:
+        _local.wait_s = previous
+        if sqlite and not db.is_closed() and not db.in_transaction():
+            ms = SQLITE_PRAGMAS["busy_timeout"] if previous is None else int(previous * 1000)
+            db.execute_sql(f"PRAGMA busy_timeout = {ms}")
+
+
+def check_integrity(path: Path) -> None:
+    """Refuse a damaged SQLite file before serving from it: `PRAGMA quick_check` (a read of every page,
+    without the slower index cross-checks) must answer "ok"."""
+    import sqlite3
+
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    problem = ""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=LOCK_WAIT_S)
+        try:
+            rows = conn.execute("PRAGMA quick_check(5)").fetchall()
+        finally:
+            conn.close()
+        if [r[0] for r in rows] != ["ok"]:
+            problem = "; ".join(str(r[0]) for r in rows)
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return  # in use by another process of this instance: it checked the file when it opened it
+        problem = str(exc)
+    if problem:
+        raise DatabaseCorrupt(
+            f"The database {path} is damaged ({problem}). lightabaco will not serve from it. To recover: "
+            f"stop every lightabaco process, move the file aside (mv {path} {path}.damaged; also its -wal "
+            f"and -shm files), then either restore a backup to {path}, or salvage what is readable with "
+            f"`sqlite3 {path}.damaged .recover | sqlite3 {path}`, or start afresh (an empty database "
+            "is created on start).")
+
+
+class _SqliteDatabase(peewee.SqliteDatabase):
+    """SQLite with this thread's lock-wait bound applied to every connection it opens."""
+
+    def _add_conn_hooks(self, conn: Any) -> None:
+        super()._add_conn_hooks(conn)
+        wait = getattr(_local, "wait_s", None)
+        if wait is not None:
+            conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+
+
+def limit_this_thread(seconds: float) -> None:
+    """From now on this thread waits at most `seconds` for a lock (the event loop's thread: its few
+    inline statements may delay other requests by this much at most, then raise DatabaseBusy)."""
+    _local.wait_s = seconds
+    db = database.obj
+    if isinstance(db, peewee.SqliteDatabase) and not db.is_closed():
+        db.execute_sql(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+
 def open_database(url_or_path: str | Path) -> peewee.Database:
     text = str(url_or_path)
     if text.startswith(("postgres://", "postgresql://")):
@@ -50,8 +152,7 @@ def open_database(url_or_path: str | Path) -> peewee.Database:
     path = Path(text)
     path.parent.mkdir(parents=True, exist_ok=True)
     # check_same_thread=False: peewee already keeps one connection per thread.
-    return peewee.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, timeout=10,
-                                 check_same_thread=False)
+    return _SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, timeout=10, check_same_thread=False)
 
 
 def connect(settings: "Settings", create: bool = True) -> peewee.Database:
@@ -132,7 +233,8 @@ def write_tx() -> Iterator[None]:
             yield
         return
     conn = db.connection()
-    deadline = time.monotonic() + LOCK_WAIT_S
+    waited = _lock_wait_s()
+    deadline = time.monotonic() + waited
     delay = 0.0002
     conn.execute("PRAGMA busy_timeout = 0")
     try:
@@ -145,12 +247,14 @@ def write_tx() -> Iterator[None]:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
                 if time.monotonic() > deadline:
+                    if getattr(_local, "wait_s", None) is not None:
+                        raise DatabaseBusy(waited) from exc
                     raise StoreError(f"the database stayed locked for {LOCK_WAIT_S:.0f} s; another "
                                      "process holds a long write transaction (see the server log)") from exc
                 time.sleep(delay)
                 delay = min(delay * 1.5, 0.002)
     finally:
-        conn.execute(f"PRAGMA busy_timeout = {SQLITE_PRAGMAS['busy_timeout']}")
+        conn.execute(f"PRAGMA busy_timeout = {int(waited * 1000)}")
     try:
         yield
     except BaseException:
