@@ -8,7 +8,7 @@ from typing import Any
 
 from lightabaco import ids
 from lightabaco.core import actors as actors_mod
-from lightabaco.core import workers
+from lightabaco.core import message_env, workers
 from lightabaco.core.errors import ValidationError
 from lightabaco.core.identity import Identity
 from lightabaco.store import fast, mailbox
@@ -18,8 +18,6 @@ from lightabaco.store.models import Execution, Message
 STR = "str"
 JSON = "application/json"
 BINARY = "application/octet-stream"
-# Query parameters that configure the request itself and never reach the actor's environment.
-_NOT_ENV = {"message", "x-nonce"}
 _WORKERS_SQL = 'SELECT "id", "status" FROM "worker" WHERE "actor_dbid" = ?'
 
 
@@ -65,7 +63,11 @@ def enqueue_for_actor(services: Any, identity: Identity | None, actor: Any, payl
     execution_id = ids.new_id()
     execution_dbid = ids.dbid(actor.dbid, execution_id)
     api_server = actors_mod.base_url(services, identity, actor)
-    env = {k: v for k, v in query.items() if k not in _NOT_ENV}
+    # The sender's variables: refused (400) when they would steer the program's loading or trust.
+    env: dict[str, str] = message_env.check(actor, query, services.settings.case)
+    sync_flag = query.get("_abaco_synchronous")
+    if sync_flag is not None and "\0" not in str(sync_flag):
+        env["_abaco_synchronous"] = str(sync_flag)  # a control parameter Abaco also shows the actor
     if identity is not None and executor is None:
         env["_abaco_username"] = identity.username
     env.update(extra_env or {})

@@ -70,6 +70,9 @@ class Actor(BaseModel):
     create_time = peewee.FloatField()
     last_update_time = peewee.FloatField()
     seq = peewee.IntegerField(default=0, index=True)  # creation order for listings
+    # Names (or PREFIX* entries) of variables that message senders may set although they are refused
+    # by default (lightabaco/core/message_env.py); only the owner (UPDATE) sets it. NULL = none.
+    message_env_allow = JSONField(null=True, default=list)
 
 
 class Message(BaseModel):
