@@ -9,7 +9,7 @@ from typing import Any
 from lightabaco import ids
 from lightabaco.core import actors as actors_mod
 from lightabaco.core import message_env, workers
-from lightabaco.core.errors import ValidationError
+from lightabaco.core.errors import AbacoError, ValidationError
 from lightabaco.core.identity import Identity
 from lightabaco.store import fast, mailbox
 from lightabaco.store.db import database, write_tx
@@ -76,6 +76,8 @@ def enqueue_for_actor(services: Any, identity: Identity | None, actor: Any, payl
     body = encode(payload, content_type)
     need_worker = False
     with write_tx():
+        if identity is not None and executor is None:  # inside the write lock: concurrent sends count
+            check_queue_cap(services, identity)
         fast.insert(Execution, dbid=execution_dbid, id=execution_id, actor_dbid=actor.dbid,
                     tenant=actor.tenant, api_server=api_server,
                     executor=executor or (identity.username if identity else ""),
@@ -97,6 +99,35 @@ def enqueue_for_actor(services: Any, identity: Identity | None, actor: Any, payl
     result = {"execution_id": execution_id, "msg": shown,
               "_links": links(services, identity, actor, execution_id) if identity else {}}
     return Sent(execution_id, execution_dbid, actor.dbid, result)
+
+
+_UNFINISHED_SQL = ('SELECT COUNT(*) FROM (SELECT 1 FROM "execution" WHERE "tenant" = ? AND "executor" = ? '
+                   'AND "status" IN (\'SUBMITTED\', \'RUNNING\') LIMIT ?) AS t')
+
+
+class QueueFull(AbacoError):
+    code = 429
+
+
+def unfinished_count(tenant: str, username: str, limit: int) -> int:
+    """Messages a sender has waiting or running, counted up to `limit` (an indexed range scan)."""
+    row = database.execute_sql(fast.placeholders(_UNFINISHED_SQL), (tenant, username, limit)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_queue_cap(services: Any, identity: Identity) -> None:
+    """429 when the sender already has max_queued_messages_per_user messages not yet finished.
+
+    Counted from the executions table (indexed by tenant, executor, status), so it holds across API
+    processes. A message over the cap is never stored; the sender can retry once some have run."""
+    cap = services.settings.max_queued_messages_per_user
+    if cap <= 0:
+        return
+    if unfinished_count(identity.tenant, identity.username, cap) >= cap:
+        raise QueueFull(f"You already have {cap} messages queued or running (the instance's "
+                        "max_queued_messages_per_user); this message was not accepted. Wait for some to "
+                        "finish (GET /actors/{id}/messages counts an actor's queue) and send it again, or "
+                        "purge messages you no longer need (DELETE /actors/{id}/messages).")
 
 
 def count_messages(services: Any, identity: Identity, identifier: str) -> dict[str, Any]:

@@ -189,3 +189,179 @@ def test_existing_database_gets_the_new_column(tmp_path):
         db.connect(settings)  # idempotent
     finally:
         db.close()
+
+
+# -- item 10: result and queue quotas ---------------------------------------------------------------
+
+
+def run_one(service_env, results, **actor_fields):
+    """Send one message to a new actor (with the fake backend from test_service_runner sending
+    `results`) and run it through the real Runner; returns the execution row."""
+    from lightabaco.core import actors, messages
+    from lightabaco.store.models import Worker
+    from lightabaco.workers.runner import claim_next
+    from tests.unit.test_service_runner import FakeBackend, make_runner
+
+    s, admin = service_env.services, service_env.admin()
+    a = actors.create_actor(s, admin, {"image": "img", **actor_fields})
+    row = Actor.get(Actor.id == a["id"])
+    worker = Worker.get(Worker.actor_dbid == row.dbid)
+    worker.status = "READY"
+    worker.save()
+    sent = messages.send_message(s, admin, a["id"], "hi", messages.STR, {})
+    runner = make_runner(service_env, worker, FakeBackend(results=results))
+    claimed, actor = claim_next(worker.id, row.dbid, row.revision, 30, runner.log_dir)
+    runner.execute(claimed, actor)
+    return Execution.get(Execution.dbid == sent.execution_dbid), a
+
+
+def stored(execution_dbid):
+    from lightabaco.store.models import Result
+
+    return [r.data for r in Result.select().where(Result.execution_dbid == execution_dbid).order_by(Result.id)]
+
+
+def test_empty_datagrams_count_per_execution(service_env):
+    from lightabaco.store.models import Log
+
+    service_env.services.settings.results_max_count_per_execution = 5
+    ex, _ = run_one(service_env, [b""] * 50)
+    assert stored(ex.dbid) == [b""] * 5
+    note = ex.final_state["ResultsQuota"]
+    assert "results quota reached" in note and "45 result(s)" in note and "results_max_count_per_execution" in note
+    assert ex.status == "COMPLETE"
+    log_text = Log.get(Log.execution_dbid == ex.dbid).text
+    assert log_text.startswith("hello\n") and f"[lightabaco] {note}" in log_text
+
+
+def test_bytes_per_execution(service_env):
+    service_env.services.settings.results_max_bytes_per_execution = 1000
+    ex, _ = run_one(service_env, [b"x" * 400] * 4 + [b"y" * 100])
+    assert stored(ex.dbid) == [b"x" * 400] * 2 + [b"y" * 100]  # the small one still fits
+    assert "2 result(s) (800 bytes)" in ex.final_state["ResultsQuota"]
+
+
+def test_no_note_when_within_quota(service_env):
+    ex, _ = run_one(service_env, [b"a", b""])
+    assert stored(ex.dbid) == [b"a", b""] and "ResultsQuota" not in ex.final_state
+
+
+def test_per_owner_quota_spans_actors_and_reading_gives_room_back(service_env):
+    from lightabaco.core import executions, result_quota
+
+    s = service_env.services
+    s.settings.results_max_count_per_user = 7
+    s.settings.results_max_bytes_per_user = 10_000
+    first, a1 = run_one(service_env, [b"1"] * 5)
+    second, a2 = run_one(service_env, [b"2"] * 5)
+    assert len(stored(first.dbid)) == 5 and len(stored(second.dbid)) == 2
+    assert "results_max_count_per_user" in second.final_state["ResultsQuota"]
+    assert result_quota.usage(s.settings.tenant, "admin") == (7, 7)
+    admin = service_env.admin()
+    assert executions.get_result(s, admin, a1["id"], first.id) == b"1"
+    assert result_quota.usage(s.settings.tenant, "admin") == (6, 6)
+    third, _ = run_one(service_env, [b"3"] * 3)
+    assert len(stored(third.dbid)) == 1
+    # Bytes too: one big result over the owner's byte cap is refused.
+    s.settings.results_max_count_per_user = 0
+    fourth, _ = run_one(service_env, [b"z" * 9_999])
+    assert stored(fourth.dbid) == [] and "results_max_bytes_per_user" in fourth.final_state["ResultsQuota"]
+
+
+def test_per_owner_quota_holds_under_concurrent_writers(service_env):
+    """Several worker processes store results for one owner at once: the conditional UPDATE in the
+    insert's transaction never lets the total pass the cap (threads here; each has its own connection)."""
+    import threading
+
+    from lightabaco.core import result_quota
+    from lightabaco.store.models import Result
+
+    s = service_env.services
+    s.settings.results_max_count_per_user = 60
+    tallies = [result_quota.Tally("DEV/bob") for _ in range(4)]
+    errors = []
+
+    def flood(tally, n):
+        try:
+            for _ in range(40):
+                result_quota.store(s, f"DEV_x_e{n}", tally, b"")
+                tally._user_blocked_until = 0  # keep asking the database, as a fresh execution would
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=flood, args=(t, i)) for i, t in enumerate(tallies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert Result.select().count() == 60 == sum(t.stored_count for t in tallies)
+    assert sum(t.dropped_count for t in tallies) == 100
+    assert result_quota.usage("DEV", "bob") == (60, 0)
+
+
+def test_housekeeping_recomputes_usage_and_drops_deleted_actors_results(service_env):
+    from lightabaco.core import actors, housekeeping, result_quota
+    from lightabaco.store.models import Result, ResultUsage
+
+    s = service_env.services
+    first, a1 = run_one(service_env, [b"ab"] * 3)
+    second, a2 = run_one(service_env, [b"c"] * 2)
+    ResultUsage.update(count=999, bytes=999).execute()  # a counter a crashed process left wrong
+    housekeeping.run(s)
+    assert result_quota.usage(s.settings.tenant, "admin") == (5, 8)
+    actors.delete_actor(s, service_env.admin(), a1["id"])
+    housekeeping.run(s)
+    assert stored(first.dbid) == [] and len(stored(second.dbid)) == 2
+    assert result_quota.usage(s.settings.tenant, "admin") == (2, 2)
+    # Expired results give their room back too.
+    Result.update(created=0).execute()
+    housekeeping.run(s)
+    assert result_quota.usage(s.settings.tenant, "admin") == (0, 0)
+
+
+def test_rerun_discards_its_results_and_their_quota(service_env):
+    from lightabaco.core import result_quota
+
+    ex, _ = run_one(service_env, [b"q"] * 3)
+    result_quota.discard(ex.dbid, result_quota.owner_key("DEV", "admin"))
+    assert stored(ex.dbid) == [] and result_quota.usage("DEV", "admin") == (0, 0)
+
+
+def test_queue_cap_per_sender(sharing_client):
+    c, h = sharing_client.client, sharing_client.h
+    settings = sharing_client.env.services.settings
+    settings.max_queued_messages_per_user = 3
+    aid = sharing_client.create_actor("owner")
+    res(c.post(f"/actors/{aid}/permissions", data={"user": "regular", "level": "EXECUTE"}, headers=h("owner")))
+    for _ in range(3):
+        res(c.post(f"/actors/{aid}/messages", data={"message": "x"}, headers=h("regular")))
+    r = c.post(f"/actors/{aid}/messages", data={"message": "x"}, headers=h("regular"))
+    assert r.status_code == 429, r.text
+    body = r.json()
+    assert body["status"] == "error" and "3 messages queued or running" in body["message"]
+    assert "max_queued_messages_per_user" in body["message"] and Message.select().count() == 3
+    # Another sender (the owner) is not affected by regular's backlog.
+    res(c.post(f"/actors/{aid}/messages", data={"message": "x"}, headers=h("owner")))
+    # Finished executions free the room; RUNNING ones still count.
+    first, second = list(Execution.select().where(Execution.executor == "regular").order_by(Execution.seq))[:2]
+    Execution.update(status="COMPLETE").where(Execution.seq == first.seq).execute()
+    Execution.update(status="RUNNING").where(Execution.seq == second.seq).execute()
+    res(c.post(f"/actors/{aid}/messages", data={"message": "x"}, headers=h("regular")))
+    assert c.post(f"/actors/{aid}/messages", data={"message": "x"}, headers=h("regular")).status_code == 429
+    # Purging the mailbox ends the queued executions: room again.
+    res(c.delete(f"/actors/{aid}/messages", headers=h("owner")))
+    res(c.post(f"/actors/{aid}/messages", data={"message": "x"}, headers=h("regular")))
+
+
+def test_queue_cap_does_not_apply_to_platform_messages(service_env):
+    from lightabaco.core import actors, cron, messages
+
+    s = service_env.services
+    s.settings.max_queued_messages_per_user = 1
+    a = actors.create_actor(s, service_env.admin(), {"image": "img"})
+    row = Actor.get()
+    messages.send_message(s, service_env.admin(), a["id"], "x", messages.STR, {})
+    cron.send_cron_message(s, row)
+    messages.enqueue_for_actor(s, None, row, {"event_type": "X"}, messages.JSON, {}, executor="Abaco Event")
+    assert Message.select().count() == 3
