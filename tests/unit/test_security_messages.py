@@ -365,3 +365,127 @@ def test_queue_cap_does_not_apply_to_platform_messages(service_env):
     cron.send_cron_message(s, row)
     messages.enqueue_for_actor(s, None, row, {"event_type": "X"}, messages.JSON, {}, executor="Abaco Event")
     assert Message.select().count() == 3
+
+
+# -- fuzzing the message and actor request parsers ----------------------------------------------------
+#
+# A bounded property test: random content types, bodies, query strings, JSON nesting and field types
+# against POST /actors/{id}/messages, POST /actors and PUT /actors/{id}. Every answer must be a
+# well-formed Abaco envelope with a 2xx or 4xx status, never a 5xx. FUZZ_EXAMPLES bounds the run
+# (about 30-60 s on the 2-core CI machine); LIGHTABACO_FUZZ_EXAMPLES raises it for a longer campaign.
+
+import json as _json
+import os as _os
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+FUZZ_EXAMPLES = int(_os.environ.get("LIGHTABACO_FUZZ_EXAMPLES", "1500"))
+FUZZ_BUDGET_S = float(_os.environ.get("LIGHTABACO_FUZZ_BUDGET_S", "60"))  # wall-clock cap of one run
+FUZZ_TRIED: dict[str, int] = {"inputs": 0}
+
+_ACTOR_KEYS = ["image", "name", "description", "stateless", "default_environment", "defaultEnvironment",
+               "hints", "link", "webhook", "privileged", "use_container_uid", "useContainerUid",
+               "run_as_executor", "max_workers", "maxWorkers", "mem_limit", "memLimit", "max_cpus",
+               "max_run_time", "token", "queue", "log_ex", "logEx", "cron_schedule", "cronSchedule",
+               "cron_on", "cronOn", "type", "message_env_allow", "messageEnvAllow", "force", "message"]
+_QUERY_KEYS = ["message", "x-nonce", "_abaco_synchronous", "PYTHONPATH", "LD_PRELOAD", "path", "A", "",
+               "=", "a=b", "_abaco_x", "MSG", "ITERATIONS", "\u00e9t\u00e9", "k\x00"]
+_CONTENT_TYPES = ["application/json", "application/json; charset=utf-8", "application/octet-stream",
+                  "application/x-www-form-urlencoded", "multipart/form-data; boundary=XyZ",
+                  "multipart/form-data", "text/plain", "", "APPLICATION/JSON", "application/json;;;",
+                  "\u00e9/\u00e9"]
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
+                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20))
+_json_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=25)
+_actor_bodies = st.dictionaries(st.sampled_from(_ACTOR_KEYS), _json_values, max_size=8)
+
+
+def _json_bytes(value) -> bytes:
+    return _json.dumps(value, allow_nan=True).encode()
+
+
+_bodies = st.one_of(
+    st.binary(max_size=200),
+    _json_values.map(_json_bytes),
+    _actor_bodies.map(_json_bytes),
+    st.lists(st.tuples(st.sampled_from(_ACTOR_KEYS + _QUERY_KEYS), st.text(max_size=20)), max_size=6).map(
+        lambda pairs: "&".join(f"{k}={v}" for k, v in pairs).encode("utf-8", "surrogatepass")),
+    st.just(b'--XyZ\r\nContent-Disposition: form-data; name="message"\r\n\r\nhi\r\n--XyZ--\r\n'),
+    st.just(b'--XyZ\r\nContent-Disposition: form-data; name="message"\r\n\r\nunterminated'),
+)
+_queries = st.lists(st.tuples(st.one_of(st.sampled_from(_QUERY_KEYS), st.text(max_size=10)),
+                              st.one_of(st.text(max_size=20), st.sampled_from(["true", "True", "false", ""]))),
+                    max_size=5)
+
+
+def _check_envelope(r, what) -> None:
+    assert r.status_code < 500, (what, r.status_code, r.text[:500])
+    assert 200 <= r.status_code < 500, (what, r.status_code)
+    body = r.json()
+    assert set(body) >= {"result", "status", "version", "message"}, (what, body)
+    assert body["status"] == ("success" if r.status_code < 300 else "error"), (what, body)
+    assert isinstance(body["message"], str), (what, body)
+
+
+def test_fuzz_message_and_actor_parsers(sharing_env):
+    """Random requests never make the API answer 5xx or anything but an Abaco envelope."""
+    import warnings
+
+    from urllib.parse import urlencode
+
+    from lightabaco.core import auth
+    from lightabaco.http.app import create_app
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using `httpx`")
+        from starlette.testclient import TestClient
+
+    import time
+
+    sharing_env.services.settings.max_queued_messages_per_user = 100_000
+    stop_at = time.monotonic() + FUZZ_BUDGET_S
+    token = auth.get_authenticator(sharing_env.services).owner().token
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(sharing_env.services), raise_server_exceptions=False) as client:
+        aid = res(client.post("/actors", json={"image": "abacosamples/test"}, headers=headers))["id"]
+
+        @hsettings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
+                   suppress_health_check=list(HealthCheck))
+        @given(target=st.sampled_from(["message", "message", "register", "update"]),
+               content_type=st.one_of(st.sampled_from(_CONTENT_TYPES), st.text(max_size=15)),
+               body=_bodies, query=_queries, declare_length=st.booleans())
+        def one(target, content_type, body, query, declare_length):
+            if time.monotonic() > stop_at:
+                return  # over the time budget on a slow machine: the remaining examples are skipped
+            FUZZ_TRIED["inputs"] += 1
+            # A synchronous message would wait for an execution that no worker runs here; that wait
+            # (and its 504) is the synchronous protocol, not parsing.
+            query = [(k, v) for k, v in query if not (k == "_abaco_synchronous" and v.lower() == "true")]
+            qs = urlencode([(k.encode("utf-8", "surrogatepass"), v.encode("utf-8", "surrogatepass"))
+                            for k, v in query])
+            req_headers: dict[str, str | bytes] = dict(headers)
+            req_headers["Content-Type"] = content_type.encode("utf-8", "surrogatepass")  # raw bytes
+            if not declare_length:
+                req_headers["Transfer-Encoding"] = "chunked"
+            method, path = {"message": ("POST", f"/actors/{aid}/messages"), "register": ("POST", "/actors"),
+                            "update": ("PUT", f"/actors/{aid}")}[target]
+            r = client.request(method, f"{path}?{qs}" if qs else path, content=body, headers=req_headers)
+            _check_envelope(r, (target, content_type, body[:200], qs))
+            if target == "update" and r.status_code == 200:  # keep the actor usable for later inputs
+                res(client.put(f"/actors/{aid}", json={"image": "abacosamples/test"}, headers=headers))
+
+        one()
+    print(f"fuzz: {FUZZ_TRIED['inputs']} inputs tried")
+    assert FUZZ_TRIED["inputs"] >= min(FUZZ_EXAMPLES, 100)
+
+
+@pytest.mark.xfail(reason="100k-deep JSON answers 500 until the parsing helper's fix (issue 8 item 12, "
+                          "lightabaco/http/parsing.py) lands; not this area's file", strict=False)
+def test_deeply_nested_json_message_is_a_400(sharing_client):
+    c, h = sharing_client.client, sharing_client.h
+    aid = sharing_client.create_actor("owner")
+    deep = b"[" * 100_000 + b"]" * 100_000
+    r = c.post(f"/actors/{aid}/messages", content=deep, headers={**h("owner"), "Content-Type": "application/json"})
+    assert r.status_code == 400
