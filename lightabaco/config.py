@@ -76,6 +76,15 @@ class Settings:
     # -- images: unpack quotas, mount points --
 
     # -- messages: environment rules, result and queue quotas --
+    # Results one execution may store (datagrams past either cap are dropped, and the execution's
+    # final_state and log say so). Empty datagrams count as results too. <= 0 means no cap.
+    results_max_bytes_per_execution: int = 64 << 20
+    results_max_count_per_execution: int = 10_000
+    # Results stored (not yet read or expired) over all executions of one owner's actors.
+    results_max_bytes_per_user: int = 512 << 20
+    results_max_count_per_user: int = 100_000
+    # Messages one sender may have waiting or running (not finished) at once; more answer 429.
+    max_queued_messages_per_user: int = 1000
 
     # -- sharing: configs, tenants --
 

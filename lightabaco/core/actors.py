@@ -6,7 +6,7 @@ import re
 from typing import Any, Mapping
 
 from lightabaco import ids
-from lightabaco.core import hooks
+from lightabaco.core import hooks, message_env
 from lightabaco.core.errors import NotFound, ValidationError
 from lightabaco.core.fields import FieldSpec, parse, present
 from lightabaco.core.identity import Identity
@@ -45,6 +45,9 @@ ACTOR_FIELDS: list[FieldSpec] = [
     FieldSpec("cron_schedule", "str", None, "Cron schedule: 'YYYY-MM-DD HH + <n> <unit>'."),
     FieldSpec("cron_on", "bool", None, "Whether the cron schedule is on."),
     FieldSpec("type", "str", "none", "Return type (none, bin, json) for this actor. Default is none."),
+    FieldSpec("message_env_allow", "list", list, "Variable names (or prefixes ending in '*') that message "
+              "senders may set although they are refused by default, e.g. PYTHONPATH (lightabaco "
+              "extension)."),
 ]
 _PUT_FIELDS = [f for f in ACTOR_FIELDS if f.name != "name"] + [
     FieldSpec("force", "bool", False, "Whether to force an update of the actor image.")]
@@ -102,6 +105,7 @@ def display(services: Any, identity: Identity | None, row: Actor) -> dict[str, A
         "token": row.token, "queue": row.queue, "log_ex": row.log_ex, "cron_on": row.cron_on,
         "cron_schedule": row.cron_schedule, "cron_next_ex": row.cron_next_ex, "mounts": row.mounts,
         "uid": row.uid, "gid": row.gid, "tasdir": row.tasdir, "revision": row.revision,
+        "message_env_allow": row.message_env_allow or [],
         "create_time": display_time(row.create_time),
         "last_update_time": display_time(row.last_update_time),
         "_links": links(services, identity, row),
@@ -125,6 +129,8 @@ def _validate(services: Any, identity: Identity, raw: Mapping[str, Any], values:
                                       f"lists or dicts. Error character: {ch}")
         hints.append(text)
     values["hints"] = hints
+    values["message_env_allow"] = message_env.validate_allow_list(values["message_env_allow"],
+                                                                  DESCRIPTION_PREFIX)
     values["default_environment"] = {str(k): "" if v is None else str(v)
                                      for k, v in (values["default_environment"] or {}).items()}
     if not values["stateless"] and values["max_workers"]:

@@ -1,15 +1,19 @@
-"""The environment an execution sees (spec §4.1), layered: actor defaults, message (query parameters and
-controller keys), worker keys, then _actor_configs and MSG. Values are formatted with str() like Docker
-receives them from Abaco, so a JSON message shows up in MSG as its Python repr.
+"""The environment an execution sees (spec §4.1), layered: actor defaults, the sender's variables,
+then every platform variable (controller and worker keys, _actor_configs, MSG). Values are formatted
+with str() like Docker receives them from Abaco, so a JSON message shows up in MSG as its Python repr.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from lightabaco.core import hooks
+from lightabaco.core import message_env as message_env_mod
 from lightabaco.core.messages import BINARY, JSON
+
+log = logging.getLogger(__name__)
 
 
 def message_text(body: bytes, content_type: str) -> str | None:
@@ -25,13 +29,33 @@ def message_text(body: bytes, content_type: str) -> str | None:
     return text
 
 
+# Keys of a stored message's environment that enqueue (the platform) wrote after the sender's own
+# parameters: they are applied after every other layer, never taken from defaults or senders.
+MESSAGE_PLATFORM_KEYS = ("_abaco_username", "_abaco_api_server", "_abaco_execution_id",
+                         "_abaco_Content_Type", "_abaco_actor_revision")
+
+
 def build_env(services: Any, actor: Any, message_env: dict[str, Any], body: bytes, content_type: str,
               worker_id: str) -> dict[str, str | None]:
+    """Layers, later wins: the owner's default_environment, the sender's variables (already checked
+    by message_env.check when the message was accepted, filtered again here), then every platform
+    variable — so neither a sender nor a default nor an allow-list can override those."""
     env: dict[str, str | None] = {}
     for key, value in (actor.default_environment or {}).items():
         env[str(key)] = None if value is None else str(value)
-    for key, value in (message_env or {}).items():
+    stored = dict(message_env or {})
+    platform_from_message = {k: stored.pop(k) for k in MESSAGE_PLATFORM_KEYS if k in stored}
+    sender, dropped = message_env_mod.runtime_filter(actor, stored)
+    if dropped:
+        log.warning("actor %s: dropped message variables %s at execution start (not allowed by the "
+                    "actor's message_env_allow)", getattr(actor, "dbid", "?"), ", ".join(sorted(dropped)))
+    for key, value in sender.items():
         env[str(key)] = None if value is None else str(value)
+    # -- platform variables, last --
+    for key in MESSAGE_PLATFORM_KEYS:
+        env.pop(key, None)
+    for key, value in platform_from_message.items():
+        env[key] = None if value is None else str(value)
     token = ""
     if actor.token in (True, "true", "True"):
         token = hooks.mint_actor_token(services, actor.owner, actor.tenant,
@@ -45,10 +69,12 @@ def build_env(services: Any, actor: Any, message_env: dict[str, Any], body: byte
         "_abaco_actor_state": str(actor.state),
         "_abaco_actor_name": str(actor.name),
     })
-    env.setdefault("_abaco_api_server", actor.api_server)
+    if not env.get("_abaco_api_server"):
+        env["_abaco_api_server"] = actor.api_server
     # Abaco sets the underscore name; agavepy/tapipy read the hyphenated one. Set both.
-    env["_abaco_Content-Type"] = env.get("_abaco_Content_Type") or content_type
-    env["_abaco_Content_Type"] = env["_abaco_Content-Type"]
+    env["_abaco_Content_Type"] = env.get("_abaco_Content_Type") or content_type
+    env["_abaco_Content-Type"] = env["_abaco_Content_Type"]
+    env.pop("_actor_configs", None)
     configs = hooks.actor_configs_for(services, actor.tenant, actor.id)
     if configs:
         env["_actor_configs"] = str(configs)

@@ -7,6 +7,7 @@ from typing import Any
 
 from lightabaco import ids
 from lightabaco.core import actors as actors_mod
+from lightabaco.core import result_quota
 from lightabaco.core.errors import NotFound, ValidationError
 from lightabaco.core.identity import Identity
 from lightabaco.core.serialize import display_time_or_null
@@ -126,7 +127,9 @@ def pop_result(services: Any, execution_dbid: str) -> bytes | None:
         if row is None:
             return None
         if database.execute_sql(placeholders(_DELETE_RESULT_SQL), (row[0],)).rowcount:
-            return bytes(row[1])
+            data = bytes(row[1])
+            result_quota.release(execution_dbid, len(data))  # the owner's quota gets the room back
+            return data
         # Another reader popped it first: take the next one.
 
 

@@ -1,4 +1,5 @@
-"""Housekeeping: expire logs (log_ex) and results (60 minutes), and drop stray live-log files.
+"""Housekeeping: expire logs (log_ex) and results (60 minutes), recompute result quotas, and drop
+stray live-log files.
 
 Each step is a short DELETE, so it never holds the database long enough to slow requests down.
 """
@@ -9,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+from lightabaco.core import result_quota
 from lightabaco.store.models import Execution, Log, Result
 
 log = logging.getLogger(__name__)
@@ -19,6 +21,9 @@ def run(services: Any, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
     logs = Log.delete().where(Log.expires.is_null(False) & (Log.expires < now)).execute()
     results = Result.delete().where(Result.created < now - services.settings.results_ttl_s).execute()
+    # Expiry gave room back: recompute the per-owner result quotas from what is stored now (this
+    # also corrects any counter a crashed process left behind, and drops deleted actors' results).
+    results += result_quota.reconcile()
     stray = 0
     log_dir = services.settings.exec_dir / "logs"
     if log_dir.is_dir():

@@ -8,8 +8,8 @@ from typing import Any
 
 from lightabaco import ids
 from lightabaco.core import actors as actors_mod
-from lightabaco.core import workers
-from lightabaco.core.errors import ValidationError
+from lightabaco.core import message_env, workers
+from lightabaco.core.errors import AbacoError, ValidationError
 from lightabaco.core.identity import Identity
 from lightabaco.store import fast, mailbox
 from lightabaco.store.db import database, write_tx
@@ -18,8 +18,6 @@ from lightabaco.store.models import Execution, Message
 STR = "str"
 JSON = "application/json"
 BINARY = "application/octet-stream"
-# Query parameters that configure the request itself and never reach the actor's environment.
-_NOT_ENV = {"message", "x-nonce"}
 _WORKERS_SQL = 'SELECT "id", "status" FROM "worker" WHERE "actor_dbid" = ?'
 
 
@@ -65,7 +63,11 @@ def enqueue_for_actor(services: Any, identity: Identity | None, actor: Any, payl
     execution_id = ids.new_id()
     execution_dbid = ids.dbid(actor.dbid, execution_id)
     api_server = actors_mod.base_url(services, identity, actor)
-    env = {k: v for k, v in query.items() if k not in _NOT_ENV}
+    # The sender's variables: refused (400) when they would steer the program's loading or trust.
+    env: dict[str, str] = message_env.check(actor, query, services.settings.case)
+    sync_flag = query.get("_abaco_synchronous")
+    if sync_flag is not None and "\0" not in str(sync_flag):
+        env["_abaco_synchronous"] = str(sync_flag)  # a control parameter Abaco also shows the actor
     if identity is not None and executor is None:
         env["_abaco_username"] = identity.username
     env.update(extra_env or {})
@@ -74,6 +76,8 @@ def enqueue_for_actor(services: Any, identity: Identity | None, actor: Any, payl
     body = encode(payload, content_type)
     need_worker = False
     with write_tx():
+        if identity is not None and executor is None:  # inside the write lock: concurrent sends count
+            check_queue_cap(services, identity)
         fast.insert(Execution, dbid=execution_dbid, id=execution_id, actor_dbid=actor.dbid,
                     tenant=actor.tenant, api_server=api_server,
                     executor=executor or (identity.username if identity else ""),
@@ -95,6 +99,35 @@ def enqueue_for_actor(services: Any, identity: Identity | None, actor: Any, payl
     result = {"execution_id": execution_id, "msg": shown,
               "_links": links(services, identity, actor, execution_id) if identity else {}}
     return Sent(execution_id, execution_dbid, actor.dbid, result)
+
+
+_UNFINISHED_SQL = ('SELECT COUNT(*) FROM (SELECT 1 FROM "execution" WHERE "tenant" = ? AND "executor" = ? '
+                   'AND "status" IN (\'SUBMITTED\', \'RUNNING\') LIMIT ?) AS t')
+
+
+class QueueFull(AbacoError):
+    code = 429
+
+
+def unfinished_count(tenant: str, username: str, limit: int) -> int:
+    """Messages a sender has waiting or running, counted up to `limit` (an indexed range scan)."""
+    row = database.execute_sql(fast.placeholders(_UNFINISHED_SQL), (tenant, username, limit)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_queue_cap(services: Any, identity: Identity) -> None:
+    """429 when the sender already has max_queued_messages_per_user messages not yet finished.
+
+    Counted from the executions table (indexed by tenant, executor, status), so it holds across API
+    processes. A message over the cap is never stored; the sender can retry once some have run."""
+    cap = services.settings.max_queued_messages_per_user
+    if cap <= 0:
+        return
+    if unfinished_count(identity.tenant, identity.username, cap) >= cap:
+        raise QueueFull(f"You already have {cap} messages queued or running (the instance's "
+                        "max_queued_messages_per_user); this message was not accepted. Wait for some to "
+                        "finish (GET /actors/{id}/messages counts an actor's queue) and send it again, or "
+                        "purge messages you no longer need (DELETE /actors/{id}/messages).")
 
 
 def count_messages(services: Any, identity: Identity, identifier: str) -> dict[str, Any]:

@@ -198,12 +198,32 @@ def all_models() -> list[type[peewee.Model]]:
 
 
 def create_tables() -> None:
+    add_missing_columns()
     database.create_tables(all_models(), safe=True)
     # Data migrations of the sharing models (idempotent; each runs once per database).
     sharing = sys.modules.get("lightabaco.store.sharing")
     migrate = getattr(sharing, "migrate", None)
     if migrate is not None:
         migrate()
+
+
+def add_missing_columns() -> None:
+    """Idempotent schema upgrade for databases made by an older version: a field added to an existing
+    model gets its column (before create_tables, which also creates indexes that may name it)."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    db = database.obj
+    migrator = None
+    for model in all_models():
+        table = model._meta.table_name
+        if not db.table_exists(table):
+            continue
+        have = {c.name for c in db.get_columns(table)}
+        for field in model._meta.sorted_fields:
+            if field.column_name not in have:
+                migrator = migrator or SchemaMigrator.from_database(db)
+                log.info("adding column %s.%s to an existing database", table, field.column_name)
+                migrate(migrator.add_column(table, field.column_name, field))
 
 
 def close() -> None:

@@ -70,6 +70,9 @@ class Actor(BaseModel):
     create_time = peewee.FloatField()
     last_update_time = peewee.FloatField()
     seq = peewee.IntegerField(default=0, index=True)  # creation order for listings
+    # Names (or PREFIX* entries) of variables that message senders may set although they are refused
+    # by default (lightabaco/core/message_env.py); only the owner (UPDATE) sets it. NULL = none.
+    message_env_allow = JSONField(null=True, default=list)
 
 
 class Message(BaseModel):
@@ -114,6 +117,10 @@ class Execution(BaseModel):
     attempts = peewee.IntegerField(default=0)
     status_message = peewee.TextField(default="")  # why an execution ended in ERROR
 
+    class Meta:
+        # The per-sender queue cap counts unfinished executions by (tenant, executor, status).
+        indexes = ((("tenant", "executor", "status"), False),)
+
 
 class Worker(BaseModel):
     dbid = peewee.CharField(primary_key=True)  # {actor_dbid}_{id}
@@ -157,4 +164,13 @@ class Counter(BaseModel):
     value = peewee.IntegerField(default=0)
 
 
-MODELS: list[type[BaseModel]] = [Actor, Message, Execution, Worker, Result, Log, Counter]
+class ResultUsage(BaseModel):
+    """Stored results per actor owner (`{tenant}/{owner}`), for the per-user results quota. Updated in
+    the transaction that stores or removes a result; housekeeping recomputes it from `result`."""
+
+    owner = peewee.CharField(primary_key=True)
+    bytes = peewee.BigIntegerField(default=0)
+    count = peewee.BigIntegerField(default=0)
+
+
+MODELS: list[type[BaseModel]] = [Actor, Message, Execution, Worker, Result, Log, Counter, ResultUsage]

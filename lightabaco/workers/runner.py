@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightabaco.core import hooks
+from lightabaco.core import hooks, result_quota
 from lightabaco.core.actors import mem_bytes
 from lightabaco.core.environment import build_env
 from lightabaco.core.messages import BINARY
@@ -22,7 +22,7 @@ from lightabaco.sandbox.types import ExecResult, ExecSpec, Limits, PreparedImage
 from lightabaco.store import fast, mailbox
 from lightabaco.store.db import database, write_tx
 from lightabaco.store.mailbox import Claimed
-from lightabaco.store.models import Actor, Execution, Log, Message, Result, Worker
+from lightabaco.store.models import Actor, Execution, Log, Message, Worker
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +135,17 @@ class Runner:
             self.finish_error(claimed, actor, f"The message was delivered {claimed.attempts - 1} times "
                               "without its execution finishing (worker crashes?); giving up.")
             return
+        tally = result_quota.Tally(result_quota.owner_key(actor.tenant, actor.owner))
         if claimed.attempts > 1:  # a re-run: results of the interrupted run would be duplicates
-            Result.delete().where(Result.execution_dbid == exec_dbid).execute()
+            result_quota.discard(exec_dbid, tally.owner)
         env = build_env(self.services, actor, claimed.env, claimed.body, claimed.content_type,
                         self.worker_id)
         log_path = self.log_dir / f"{claimed.execution_id}.log"
 
         def on_result(data: bytes) -> None:
-            Result.insert(execution_dbid=exec_dbid, data=data, created=time.time()).execute()
-            self.services.notifier.execution_event(exec_dbid)
+            # Within the per-execution and per-owner quotas, or dropped (and counted in the tally).
+            if result_quota.store(self.services, exec_dbid, tally, data):
+                self.services.notifier.execution_event(exec_dbid)
 
         # A re-run (at-least-once after a crash) gets its own sandbox id: the interrupted run's scratch
         # may still exist. The execution id the actor sees ($_abaco_execution_id) stays the same.
@@ -173,8 +175,8 @@ class Runner:
         # What on_result did not take (a backend without callbacks, or an insert that failed).
         if result.results:
             for data in result.results:
-                Result.insert(execution_dbid=exec_dbid, data=data, created=time.time()).execute()
-        self.finish(claimed, actor, result, log_path)
+                result_quota.store(self.services, exec_dbid, tally, data)
+        self.finish(claimed, actor, result, log_path, tally)
 
     def supervise(self, execution: Any, claimed: Claimed, exec_dbid: str) -> ExecResult:
         lease_every = max(self.settings.lease_s / 3.0, 0.5)
@@ -201,7 +203,8 @@ class Runner:
 
     # -- recording -----------------------------------------------------------------------------
 
-    def finish(self, claimed: Claimed, actor: Actor, result: ExecResult, log_path: Path) -> None:
+    def finish(self, claimed: Claimed, actor: Actor, result: ExecResult, log_path: Path,
+               tally: result_quota.Tally | None = None) -> None:
         text, truncated = read_log(result.log_path or log_path, self.settings.max_log_bytes,
                                    result.log_truncated)
         now = time.time()
@@ -214,6 +217,11 @@ class Runner:
         error = stop_reason(result)
         # Users read logs first: the reason also goes there, after the truncation marker if any.
         text = with_reason_line(text, error)
+        state = final_state(result, exit_code, error)
+        quota_note = tally.note() if tally is not None else ""
+        if quota_note:  # results were dropped: the record and the log both say so
+            state["ResultsQuota"] = quota_note
+            text = with_reason_line(text, quota_note)
         exec_dbid = f"{actor.dbid}_{claimed.execution_id}"
         with write_tx():
             if claimed.attempts > 1:  # a re-run replaces the log of the interrupted run
@@ -227,7 +235,7 @@ class Runner:
                 start_time=result.start_time or now, finish_time=result.end_time or now,
                 runtime=int(max(result.wall_s, 0)), cpu=int(max(result.cpu_ns, 0)),
                 io=int(max(result.io_bytes, 0)), exit_code=exit_code,
-                final_state=final_state(result, exit_code, error), live_log_path=None)
+                final_state=state, live_log_path=None)
             database.execute_sql(fast.placeholders(_ACK_SQL), (claimed.id, self.worker_id))
             fast.update(Worker, {"id": self.worker_id, "status": "BUSY"}, status="READY")
             fast.update(Worker, {"id": self.worker_id}, last_execution_time=now)

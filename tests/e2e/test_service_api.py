@@ -85,7 +85,8 @@ def test_register_execute_logs_and_summary(live_server):
 
 
 def test_default_environment_and_json_message(live_server):
-    actor = live_server.register(default_environment={"k1": "v1", "k2": "v2"})
+    # Overriding a default_environment key from a message needs the owner's allow-list (issue 8 item 2).
+    actor = live_server.register(default_environment={"k1": "v1", "k2": "v2"}, message_env_allow=["k2"])
     aid = actor["id"]
     r = live_server.post(f"/actors/{aid}/messages?k2=override", json={"key1": "value1", "key2": "value2"})
     res = envelope_ok(r)["result"]
