@@ -17,8 +17,12 @@ Standard library only: the sandbox package is usable on its own, and core import
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import ipaddress
 import socket
+import ssl
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -100,14 +104,14 @@ class AddressPolicy:
             f"address, which this server does not contact for you; the instance owner can allow it "
             f"with {self.setting_hint}")
 
-    def resolve(self, host: str, port: int, resolver: Resolver = socket.getaddrinfo) -> list[tuple]:
+    def resolve(self, host: str, port: int, resolver: Resolver | None = None) -> list[tuple]:
         """Resolve `host` once and check every address; returns getaddrinfo-style tuples to connect to.
 
         Refusing when *any* address is not allowed (not just skipping it) keeps a name that mixes a
         public and a private answer from being used to reach the private one."""
         name = _host_key(host)
         try:
-            infos = resolver(name, port, type=socket.SOCK_STREAM)
+            infos = (resolver or socket.getaddrinfo)(name, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             raise OSError(f"cannot resolve {host} ({exc}); check the name and this host's DNS") from None
         if not infos:
@@ -136,3 +140,59 @@ def connect_checked(addrs: Sequence[tuple], timeout: float) -> socket.socket:
             sock.close()
             last = exc
     raise last or OSError("no address to connect to")
+
+
+# -- HTTP connections to checked addresses ---------------------------------------------------------
+
+
+class PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to addresses resolved and checked beforehand (never re-resolves the host name)."""
+
+    def __init__(self, host: str, port: int, addrs: list[tuple], timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._addrs = addrs
+
+    def connect(self) -> None:
+        self.sock = connect_checked(self._addrs, self.timeout)
+        if self._tunnel_host:
+            self._tunnel()
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, addrs: list[tuple], timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._addrs = addrs
+
+    def connect(self) -> None:
+        self.sock = connect_checked(self._addrs, self.timeout)
+        server_hostname = self.host
+        if self._tunnel_host:
+            self._tunnel()
+            server_hostname = self._tunnel_host
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=server_hostname)
+
+
+class Watchdog:
+    """Shuts a connection's socket down when a time limit passes, waking a read blocked in it: the
+    overall deadline holds even against a server that trickles one byte per read timeout."""
+
+    def __init__(self, conn: http.client.HTTPConnection) -> None:
+        self.conn = conn
+        self.fired = False
+        self._timer: threading.Timer | None = None
+
+    def arm(self, seconds: float) -> None:
+        self.cancel()
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        with contextlib.suppress(OSError, AttributeError):
+            self.conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -22,9 +22,7 @@ import http.client
 import json
 import os
 import re
-import socket
 import ssl
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -34,7 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import ImageError, RegistryAuthError, RegistryError
-from ..netpolicy import UNRESTRICTED, AddressPolicy, AddressRefused, connect_checked
+from ..netpolicy import (UNRESTRICTED, AddressPolicy, AddressRefused, PinnedHTTPConnection, PinnedHTTPSConnection,
+                         Watchdog)
 from .oci import DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, sha256_digest
 from .reference import DOCKER_HUB, Reference
 
@@ -145,67 +144,11 @@ _KNOWN_CODES = frozenset({
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
-# -- connections to the checked address --------------------------------------------------------------
-
-
-class _PinnedHTTP(http.client.HTTPConnection):
-    """Connects to addresses resolved and checked beforehand (never re-resolves the host name)."""
-
-    def __init__(self, host: str, port: int, addrs: list[tuple], timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self._addrs = addrs
-
-    def connect(self) -> None:
-        self.sock = connect_checked(self._addrs, self.timeout)
-        if self._tunnel_host:
-            self._tunnel()
-
-
-class _PinnedHTTPS(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, addrs: list[tuple], timeout: float, context: ssl.SSLContext) -> None:
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._addrs = addrs
-
-    def connect(self) -> None:
-        self.sock = connect_checked(self._addrs, self.timeout)
-        server_hostname = self.host
-        if self._tunnel_host:
-            self._tunnel()
-            server_hostname = self._tunnel_host
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=server_hostname)
-
-
-class _Watchdog:
-    """Shuts a connection's socket down when a time limit passes, waking a read blocked in it: the
-    overall deadline holds even against a server that trickles one byte per read timeout."""
-
-    def __init__(self, conn: http.client.HTTPConnection) -> None:
-        self.conn = conn
-        self.fired = False
-        self._timer: threading.Timer | None = None
-
-    def arm(self, seconds: float) -> None:
-        self.cancel()
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _fire(self) -> None:
-        self.fired = True
-        with contextlib.suppress(OSError, AttributeError):
-            self.conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
 class _Response:
     """One answer: status and headers, and a body read within the pull's deadline, rate and byte budget."""
 
     def __init__(self, client: "RegistryClient", conn: http.client.HTTPConnection,
-                 resp: http.client.HTTPResponse, dog: _Watchdog, host: str) -> None:
+                 resp: http.client.HTTPResponse, dog: Watchdog, host: str) -> None:
         self.client, self.conn, self.resp, self.dog, self.host = client, conn, resp, dog, host
         self.status = resp.status
         self.headers = resp.headers
@@ -345,17 +288,17 @@ class RegistryClient:
                 p = urllib.parse.urlsplit(proxy)
                 paddrs = UNRESTRICTED.resolve(p.hostname or "", p.port or 80)  # the owner configured it
                 conn: http.client.HTTPConnection = (
-                    _PinnedHTTPS(p.hostname or "", p.port or 80, paddrs, connect_timeout, self.tls)
-                    if split.scheme == "https" else _PinnedHTTP(p.hostname or "", p.port or 80, paddrs,
+                    PinnedHTTPSConnection(p.hostname or "", p.port or 80, paddrs, connect_timeout, self.tls)
+                    if split.scheme == "https" else PinnedHTTPConnection(p.hostname or "", p.port or 80, paddrs,
                                                                 connect_timeout))
                 conn.set_tunnel(host, port)
             elif split.scheme == "https":
-                conn = _PinnedHTTPS(host, port, addrs, connect_timeout, self.tls)
+                conn = PinnedHTTPSConnection(host, port, addrs, connect_timeout, self.tls)
             else:
-                conn = _PinnedHTTP(host, port, addrs, connect_timeout)
+                conn = PinnedHTTPConnection(host, port, addrs, connect_timeout)
         except AddressRefused as exc:
             raise RegistryError(f"{what}: refused before connecting: {exc}") from None
-        dog = _Watchdog(conn)
+        dog = Watchdog(conn)
         # The status line and headers must arrive within the read timeout (and the pull's deadline).
         dog.arm(min(self.limits.read_timeout_s + connect_timeout, self._remaining(what)))
         path = split.path or "/"
