@@ -265,7 +265,7 @@ def post_json(url: str, payload: str, timeout: float = POST_TIMEOUT_S, *, policy
         response.read(MAX_ANSWER_BYTES)
         status = response.status
     except OSError as exc:
-        if dog.fired:
+        if dog.fired or isinstance(exc, TimeoutError):  # the socket's own timeout may fire first
             raise TimeoutError(f"{split.netloc} did not answer within {timeout:g} s") from None
         raise OSError(f"{split.netloc}: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # http.client's protocol errors
