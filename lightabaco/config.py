@@ -112,6 +112,24 @@ class Settings:
     # -- sandbox: memory accounting --
 
     # -- outbound: pulls, webhooks, address policy --
+    # Pulls made for API users' actors may reach loopback, link-local and private registries (on a
+    # single-user laptop); off by default. The owner's CLI (`lightabaco images pull`) is never limited.
+    registry_allow_private: bool = False
+    # Registries the operator trusts even on private addresses: comma-separated `host` or `host:port`
+    # (e.g. `127.0.0.1:5000` for a local registry).
+    registry_allowed_hosts: str = ""
+    pull_timeout_s: float = 900.0  # one pull's overall deadline (download and unpack), then the actor is ERROR
+    pull_read_timeout_s: float = 30.0  # no byte from the registry for this long abandons the pull
+    pull_min_rate_bytes_s: int = 10_000  # a download slower than this on average (after 30 s) is abandoned
+    pull_max_image_bytes: int = 8 << 30  # compressed bytes one image pull may download
+    pull_concurrency: int = 2  # image pulls at once, outside the `workers` cap (pulls never hold their slots)
+    pull_concurrency_per_user: int = 1  # pulls one actor owner may run at once
+    # Webhooks may reach loopback/private addresses (the server's own API is always allowed).
+    webhook_allow_private: bool = False
+    webhook_allowed_hosts: str = ""  # comma-separated `host` or `host:port` webhooks may reach anyway
+    webhook_connect_timeout_s: float = 3.0  # per delivery attempt
+    webhook_timeout_s: float = 10.0  # a whole delivery attempt (connect, send, answer), then it is retried
+    webhook_concurrency: int = 8  # deliveries in flight at once (one at a time per destination)
 
     # -- loading -------------------------------------------------------------------------------
 

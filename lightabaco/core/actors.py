@@ -144,6 +144,8 @@ def _validate(services: Any, identity: Identity, raw: Mapping[str, Any], values:
     if values["run_as_executor"]:
         raise ValidationError("run_as_executor isn't supported for your tenant")
     mem_bytes(values["mem_limit"])
+    if values.get("webhook"):
+        values["webhook"] = hooks.validate_webhook(services, values["webhook"])
     if values["max_run_time"] is not None and values["max_run_time"] <= 0:
         values["max_run_time"] = None
     if values["token"] is None:

@@ -6,22 +6,33 @@ produced for actors with a `link` or a `webhook`:
 - webhook: a row in the `sharing_event_delivery` table, POSTed by a delivery thread in the server
   process, retried with exponential backoff when the receiver fails, and kept across restarts.
 Emitting never raises: a broken link or webhook must not break the execution that produced the event.
+
+Webhook URLs are chosen by API users, so they are held to the outbound address policy
+(`sandbox/netpolicy.py`): checked when the actor is registered (400) and again, after resolution, when
+delivering, connecting to the checked address. The server's own API is always allowed (Abaco's
+webhook-to-an-actor-with-a-nonce pattern). Deliveries run in a bounded pool, one at a time per
+destination and at most a few per actor owner, each within a connect and a total timeout: a webhook
+that never answers only delays its own destination's queue.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
-from typing import Any, Mapping
+import urllib.parse
+from collections import Counter, OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Mapping
 
 from lightabaco.core import permissions as perms
 from lightabaco.core.errors import AbacoError, ValidationError
 from lightabaco.core.identity import Identity
 from lightabaco.core.serialize import display_time
+from lightabaco.sandbox.netpolicy import (AddressPolicy, AddressRefused, PinnedHTTPConnection,
+                                         PinnedHTTPSConnection, Watchdog, parse_hosts)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,8 @@ MAX_ATTEMPTS = 8
 CLAIM_S = 60.0
 MAX_BACKOFF_S = 300.0
 POST_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 3.0
+MAX_ANSWER_BYTES = 64 << 10  # what is read (and thrown away) of a receiver's answer
 
 LINK_UNRESOLVABLE = ("Invalid link parameter; unable to retrieve linked actor data. The link must be a valid "
                      "actor id or alias for which you have EXECUTE permission. ")
@@ -180,51 +193,231 @@ def backoff(attempts: int) -> float:
     return min(2.0 ** attempts, MAX_BACKOFF_S)
 
 
-def post_json(url: str, payload: str, timeout: float = POST_TIMEOUT_S) -> None:
-    """POST a JSON document; raises OSError/HTTPError for any failure or non-2xx answer."""
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"webhook URL {url!r} must start with http:// or https://")
-    request = urllib.request.Request(url, data=payload.encode(), method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "lightabaco-webhook"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - user-set URL
-        response.read()
+def own_api_hosts(settings: Any) -> frozenset[str]:
+    """host:port forms of this server's own API: a webhook may always call it (e.g. with a nonce)."""
+    port = getattr(settings, "port", 8000)
+    hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"{getattr(settings, 'host', '')}:{port}"}
+    public = urllib.parse.urlsplit(getattr(settings, "public_url", "") or "")
+    if public.hostname:
+        hosts.add(f"{public.hostname}:{public.port or (443 if public.scheme == 'https' else 80)}")
+    return parse_hosts(hosts)
 
 
-def deliver_due(services: Any, now: float | None = None, limit: int = 20,
-                sender: Any = post_json) -> int:
-    """Attempt every pending delivery whose time has come; returns how many succeeded."""
+def webhook_policy(settings: Any) -> AddressPolicy:
+    """The address policy for webhook deliveries (see the `outbound` settings)."""
+    return AddressPolicy(allow_private=bool(getattr(settings, "webhook_allow_private", False)),
+                         allowed_hosts=parse_hosts(getattr(settings, "webhook_allowed_hosts", "") or "")
+                         | own_api_hosts(settings),
+                         setting_hint="LIGHTABACO_WEBHOOK_ALLOWED_HOSTS or LIGHTABACO_WEBHOOK_ALLOW_PRIVATE")
+
+
+def _split_webhook(url: str) -> tuple[urllib.parse.SplitResult, str, int]:
+    split = urllib.parse.urlsplit(url)
+    if split.scheme not in ("http", "https") or not split.hostname:
+        raise ValueError(f"webhook URL {url!r} must start with http:// or https:// and name a host")
+    try:
+        port = split.port or (443 if split.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"webhook URL {url!r} has an invalid port") from None
+    return split, split.hostname, port
+
+
+def validate_webhook(services: Any, url: str | None) -> str:
+    """Check a webhook URL at registration: http(s), and a destination the address policy allows (a name
+    that does not resolve yet is accepted: delivery checks again, and retries)."""
+    url = (url or "").strip()
+    if not url:
+        return ""
+    try:
+        _split, host, port = _split_webhook(url)
+        webhook_policy(services.settings).resolve(host, port)
+    except AddressRefused as exc:
+        raise ValidationError(f"Invalid webhook: {exc}") from None
+    except ValueError as exc:
+        raise ValidationError(f"Invalid webhook: {exc}") from None
+    except OSError:
+        pass
+    return url
+
+
+def post_json(url: str, payload: str, timeout: float = POST_TIMEOUT_S, *, policy: AddressPolicy | None = None,
+              connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """POST a JSON document to an address `policy` allows (default: public addresses only), within
+    `timeout` in total; raises ValueError (never worth retrying: bad URL, refused address), or OSError
+    for a failure or a non-2xx answer. Redirects are not followed; the answer's body is not repeated."""
+    split, host, port = _split_webhook(url)
+    addrs = (policy or AddressPolicy()).resolve(host, port)  # AddressRefused is a ValueError
+    started = time.monotonic()
+    conn: Any
+    if split.scheme == "https":
+        conn = PinnedHTTPSConnection(host, port, addrs, min(connect_timeout, timeout), ssl.create_default_context())
+    else:
+        conn = PinnedHTTPConnection(host, port, addrs, min(connect_timeout, timeout))
+    dog = Watchdog(conn)
+    dog.arm(timeout)  # a receiver that trickles its answer is cut off too, not just a silent one
+    path = (split.path or "/") + (f"?{split.query}" if split.query else "")
+    try:
+        conn.connect()
+        conn.sock.settimeout(max(timeout - (time.monotonic() - started), 0.01))
+        conn.request("POST", path, body=payload.encode(),
+                     headers={"Content-Type": "application/json", "User-Agent": "lightabaco-webhook"})
+        response = conn.getresponse()
+        response.read(MAX_ANSWER_BYTES)
+        status = response.status
+    except OSError as exc:
+        if dog.fired or isinstance(exc, TimeoutError):  # the socket's own timeout may fire first
+            raise TimeoutError(f"{split.netloc} did not answer within {timeout:g} s") from None
+        raise OSError(f"{split.netloc}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # http.client's protocol errors
+        if dog.fired:
+            raise TimeoutError(f"{split.netloc} did not answer within {timeout:g} s") from None
+        raise OSError(f"{split.netloc} sent an answer that is not HTTP ({type(exc).__name__})") from None
+    finally:
+        dog.cancel()
+        conn.close()
+    if not 200 <= status < 300:
+        raise OSError(f"{split.netloc} answered HTTP {status}")
+
+
+class _Dispatcher:
+    """Runs deliveries in a bounded pool: one task per destination at a time, a few per actor owner."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pool: ThreadPoolExecutor | None = None
+        self.size = 0
+        self.busy: set[str] = set()
+        self.owner_load: Counter[str] = Counter()
+
+    def executor(self, size: int) -> ThreadPoolExecutor:
+        with self.lock:
+            if self.pool is None or self.size != size:
+                self.pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="lightabaco-webhook")
+                self.size = size
+            return self.pool
+
+    def take(self, destination: str, owner: str, per_owner: int) -> bool:
+        with self.lock:
+            if destination in self.busy or self.owner_load[owner] >= per_owner:
+                return False
+            self.busy.add(destination)
+            self.owner_load[owner] += 1
+            return True
+
+    def release(self, destination: str, owner: str) -> None:
+        with self.lock:
+            self.busy.discard(destination)
+            self.owner_load[owner] -= 1
+            if self.owner_load[owner] <= 0:
+                del self.owner_load[owner]
+
+
+_DISPATCH = _Dispatcher()
+
+
+def _destination(url: str) -> str:
+    """Deliveries to one scheme://host:port queue behind each other, and only behind each other."""
+    try:
+        split, host, port = _split_webhook(url)
+        return f"{split.scheme}://{host.lower()}:{port}"
+    except ValueError:
+        return url
+
+
+def _owners(dbids: set[str]) -> dict[str, str]:
+    from lightabaco.store.models import Actor
+
+    rows = Actor.select(Actor.dbid, Actor.tenant, Actor.owner).where(Actor.dbid.in_(list(dbids)))
+    return {r.dbid: f"{r.tenant}/{r.owner}" for r in rows}
+
+
+def _default_sender(services: Any) -> Callable[[str, str], None]:
+    settings = services.settings
+    policy = webhook_policy(settings)
+    timeout = float(getattr(settings, "webhook_timeout_s", POST_TIMEOUT_S))
+    connect = float(getattr(settings, "webhook_connect_timeout_s", CONNECT_TIMEOUT_S))
+
+    def send(url: str, payload: str) -> None:
+        post_json(url, payload, timeout, policy=policy, connect_timeout=connect)
+    return send
+
+
+def _deliver_group(rows: list[Any], sender: Callable[[str, str], None], stamp: float) -> int:
+    """Deliver one destination's claimed rows in order; after a failure the rest wait for the next pass
+    (unattempted), so a dead receiver costs one timeout per pass, not one per queued event."""
     from lightabaco.store.sharing import EventDelivery
 
-    stamp = time.time() if now is None else now
-    rows = list(EventDelivery.select()
-                .where((EventDelivery.status == "pending") & (EventDelivery.next_attempt <= stamp))
-                .order_by(EventDelivery.id).limit(limit))
     delivered = 0
-    for row in rows:
-        # Claim the row first (several processes may run delivery threads); a claim that is never
-        # settled, because its process died, expires and the row is delivered again (at-least-once).
-        claimed = (EventDelivery.update(next_attempt=stamp + CLAIM_S)
-                   .where((EventDelivery.id == row.id) & (EventDelivery.next_attempt == row.next_attempt)
-                          & (EventDelivery.status == "pending")).execute())
-        if not claimed:
-            continue
+    for i, row in enumerate(rows):
         try:
             sender(row.url, row.payload)
         except Exception as exc:  # any failure is retried later with backoff
             attempts = row.attempts + 1
-            # a URL that can never work (not http/https) is not worth retrying
+            # a URL that can never work (not http/https, a refused address) is not worth retrying
             failed = attempts >= MAX_ATTEMPTS or isinstance(exc, ValueError)
             (EventDelivery.update(attempts=attempts, last_error=str(exc)[:500],
                                   next_attempt=stamp + backoff(attempts),
                                   status="failed" if failed else "pending")
              .where(EventDelivery.id == row.id).execute())
-            log.warning("webhook %s for actor %s failed (attempt %d/%d): %s", row.url, row.actor_dbid, attempts,
-                        MAX_ATTEMPTS, exc)
+            log.warning("webhook %s for actor %s failed (attempt %d/%d): %s", _destination(row.url),
+                        row.actor_dbid, attempts, MAX_ATTEMPTS, exc)
+            for rest in rows[i + 1:]:
+                EventDelivery.update(next_attempt=stamp + backoff(1)).where(EventDelivery.id == rest.id).execute()
+            break
         else:
             EventDelivery.delete().where(EventDelivery.id == row.id).execute()
             delivered += 1
     return delivered
+
+
+def deliver_due(services: Any, now: float | None = None, limit: int = 200,
+                sender: Callable[[str, str], None] | None = None, wait: bool = True) -> int:
+    """Start every pending delivery whose time has come, one task per destination in a bounded pool.
+
+    With `wait` (tests, the default) it returns how many succeeded; the delivery thread does not wait,
+    so a destination that never answers holds only its own task while the others go out."""
+    from lightabaco.store.sharing import EventDelivery
+
+    stamp = time.time() if now is None else now
+    settings = services.settings
+    size = max(1, int(getattr(settings, "webhook_concurrency", 8)))
+    per_owner = max(1, size // 4)
+    send = sender or _default_sender(services)
+    rows = list(EventDelivery.select()
+                .where((EventDelivery.status == "pending") & (EventDelivery.next_attempt <= stamp))
+                .order_by(EventDelivery.id).limit(limit))
+    groups: OrderedDict[str, list[Any]] = OrderedDict()
+    for row in rows:
+        groups.setdefault(_destination(row.url), []).append(row)
+    owners = _owners({r.actor_dbid for r in rows}) if rows else {}
+    pool = _DISPATCH.executor(size)
+    futures: list[Future[int]] = []
+    for destination, group in groups.items():
+        owner = owners.get(group[0].actor_dbid, group[0].actor_dbid)
+        if not _DISPATCH.take(destination, owner, per_owner):
+            continue  # this destination (or owner) is still busy: its rows wait, the others go
+        claimed = []
+        for row in group:
+            # Claim the row first (several processes may run delivery threads); a claim that is never
+            # settled, because its process died, expires and the row is delivered again (at-least-once).
+            if (EventDelivery.update(next_attempt=stamp + CLAIM_S)
+                    .where((EventDelivery.id == row.id) & (EventDelivery.next_attempt == row.next_attempt)
+                           & (EventDelivery.status == "pending")).execute()):
+                claimed.append(row)
+        if not claimed:
+            _DISPATCH.release(destination, owner)
+            continue
+
+        def task(claimed: list[Any] = claimed, destination: str = destination, owner: str = owner) -> int:
+            try:
+                return _deliver_group(claimed, send, stamp)
+            finally:
+                _DISPATCH.release(destination, owner)
+                _WAKE.set()  # its destination's next rows may be due
+        futures.append(pool.submit(task))
+    if not wait:
+        return 0
+    return sum(f.result() for f in futures)
 
 
 class DeliveryThread(threading.Thread):
@@ -239,7 +432,7 @@ class DeliveryThread(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
-                deliver_due(self.services)
+                deliver_due(self.services, wait=False)
             except Exception:
                 log.exception("webhook delivery pass failed; retrying")
             _WAKE.wait(self.interval_s)

@@ -70,6 +70,11 @@ def validate_link(services: Any, identity: Identity, actor: Any, link: str) -> N
         events.validate_link(services, identity, actor, link)
 
 
+def validate_webhook(services: Any, url: str | None) -> str:
+    """The webhook URL, checked against the outbound address policy (ValidationError names it)."""
+    return events.validate_webhook(services, url)
+
+
 def actor_configs_for(services: Any, tenant: str, actor_id: str) -> dict[str, str]:
     return configs.actor_configs_for(services, tenant, actor_id)
 

@@ -5,6 +5,11 @@ reap exited processes (their leases go back to the queue), start REQUESTED worke
 cap (evicting idle workers of quiet actors when the cap is reached), stop workers asked to stop,
 autoscale stateless actors, and return expired leases. Passes run on every doorbell ring and at least
 once a second.
+
+Image pulls never occupy the `workers` slots that run executions: a REQUESTED worker whose image is not
+in the store is first handed to a pull process (workers/puller.py) in a pool of its own, capped
+globally (`pull_concurrency`) and per actor owner (`pull_concurrency_per_user`), and killed at the
+pull deadline. Only when its image is local does the worker take an execution slot.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sys
 import threading
 import time
 from collections import defaultdict, deque
+from dataclasses import dataclass
 from typing import Any
 
 from lightabaco.core import workers as worker_records
@@ -24,7 +30,7 @@ from lightabaco.store import mailbox
 from lightabaco.store.db import write_tx
 from lightabaco.store.models import Actor, Execution, Message, Worker
 from lightabaco.workers.notify import SUPERVISOR
-from lightabaco.workers.worker import EXIT_BACKEND, EXIT_IMAGE
+from lightabaco.workers.worker import EXIT_BACKEND, EXIT_IMAGE, EXIT_NEED_PULL
 
 log = logging.getLogger("lightabaco.supervisor")
 
@@ -32,6 +38,18 @@ STOP_GRACE_S = 30.0  # a worker asked to stop gets this long to finish its execu
 CRASH_WINDOW_S = 60.0
 CRASH_LIMIT = 5  # worker crashes per actor within the window before the actor goes to ERROR
 LEASE_CHECK_S = 2.0
+PULL_GRACE_S = 15.0  # past the pull deadline (which the puller enforces itself), the process is killed
+
+
+@dataclass
+class PullJob:
+    """A pull process working for one worker row."""
+
+    proc: subprocess.Popen  # type: ignore[type-arg]
+    actor_dbid: str
+    owner: str  # tenant/username of the actor's owner: the per-user cap counts these
+    image: str
+    started: float
 
 
 def recover_leases(rows: list[tuple[int, str, str, int]], max_attempts: int, reason: str) -> None:
@@ -75,6 +93,7 @@ class Supervisor:
         self.services = services
         self.settings = services.settings
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.pulls: dict[str, PullJob] = {}  # worker id -> the pull preparing its image
         self.stop_asked: dict[str, float] = {}
         self.crashes: dict[str, deque[float]] = defaultdict(deque)
         self._stop = threading.Event()
@@ -100,6 +119,12 @@ class Supervisor:
             self.services.notifier.wake_supervisor()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        for job in self.pulls.values():
+            if job.proc.poll() is None:
+                job.proc.kill()
+        for job in self.pulls.values():
+            job.proc.wait()
+        self.pulls.clear()
         for wid, proc in list(self.procs.items()):
             if proc.poll() is None:
                 proc.terminate()
@@ -138,6 +163,7 @@ class Supervisor:
             code = proc.poll()
             if code is not None:
                 self._reaped(wid, code)
+        self._check_pulls()
         now = time.monotonic()
         if now - self._last_lease_check >= LEASE_CHECK_S:
             self._last_lease_check = now
@@ -149,9 +175,13 @@ class Supervisor:
             self.autoscale()
         self.ensure_workers_for_waiting()
         rows = list(Worker.select())
-        pending = [r for r in rows if r.status == "REQUESTED" and r.id not in self.procs]
+        pending = [r for r in rows if r.status == "REQUESTED" and r.id not in self.procs
+                   and r.id not in self.pulls]
         for row in rows:
-            if row.id in self.procs:
+            if row.id in self.pulls:
+                if row.status in worker_records.STOPPING_STATUSES:
+                    self._cancel_pull(row.id)
+            elif row.id in self.procs:
                 if row.status in worker_records.STOPPING_STATUSES:
                     self._stop_worker(row)
             elif row.status in worker_records.STOPPING_STATUSES or row.status != "REQUESTED":
@@ -166,14 +196,92 @@ class Supervisor:
                     Actor.dbid.in_(list(waiting_actors))
                     & (Actor.status_message != self.backend_error)).execute()
             return
+        ready = []
         for row in sorted(pending, key=lambda r: r.create_time):
+            actor = Actor.get_or_none(Actor.dbid == row.actor_dbid)
+            if actor is None or actor.status == "SHUTTING_DOWN":
+                Worker.delete().where(Worker.dbid == row.dbid).execute()
+            elif self._image_is_local(actor.image):
+                ready.append(row)
+            else:
+                self._start_pull(row, actor)
+        for row in ready:
             if self._running_count() >= self.settings.workers and not self._evict_one(row.actor_dbid):
                 break
             if self._running_count() < self.settings.workers:
                 self._spawn(row)
 
     def _running_count(self) -> int:
+        """Worker processes holding execution slots (pull processes are not among them)."""
         return sum(1 for p in self.procs.values() if p.poll() is None)
+
+    # -- pulls ---------------------------------------------------------------------------------------
+
+    def _image_is_local(self, image: str) -> bool:
+        try:
+            self.services.images.get(image)
+            return True
+        except Exception:  # not there, or unreadable: the pull process says why, on the actor
+            return False
+
+    def _start_pull(self, row: Worker, actor: Actor) -> None:
+        """Hand the row to a pull process if the pull caps allow; otherwise it waits for a later pass."""
+        owner = f"{actor.tenant}/{actor.owner}"
+        if len(self.pulls) >= max(1, self.settings.pull_concurrency):
+            return
+        if sum(1 for j in self.pulls.values() if j.owner == owner) >= max(1, self.settings.pull_concurrency_per_user):
+            return
+        if any(j.image == actor.image for j in self.pulls.values()):
+            return  # the same image is already coming: its worker starts without a second download
+        n = Worker.update(status="PULLING IMAGE", last_health_check_time=time.time()).where(
+            (Worker.dbid == row.dbid) & (Worker.status == "REQUESTED")).execute()
+        if n == 0:
+            return
+        argv = [sys.executable, "-m", "lightabaco.workers.puller", "--home", str(self.settings.home),
+                "--worker-id", row.id, "--actor", row.actor_dbid, "--revision", str(row.revision)]
+        env = dict(os.environ)
+        env.update(self.settings.to_env())
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+        self.pulls[row.id] = PullJob(proc, row.actor_dbid, owner, actor.image, time.monotonic())
+        Worker.update(pid=proc.pid, cid=str(proc.pid)).where(Worker.dbid == row.dbid).execute()
+        log.info("pulling %s for %s (pid %d, worker %s)", actor.image, row.actor_dbid, proc.pid, row.id)
+
+    def _check_pulls(self) -> None:
+        limit = self.settings.pull_timeout_s + PULL_GRACE_S
+        for wid, job in list(self.pulls.items()):
+            code = job.proc.poll()
+            if code is None and time.monotonic() - job.started > limit:
+                job.proc.kill()
+                job.proc.wait()
+                self.pulls.pop(wid)
+                self._pull_failed(wid, job, f"the pull did not finish within {self.settings.pull_timeout_s:g} s")
+            elif code is not None:
+                self.pulls.pop(wid)
+                if code == 0:
+                    # The image is local now: the row waits for an execution slot like any other.
+                    Worker.update(status="REQUESTED").where(
+                        (Worker.id == wid) & (Worker.status == "PULLING IMAGE")).execute()
+                    self.services.notifier.wake_supervisor()
+                elif code != EXIT_IMAGE:  # EXIT_IMAGE: the puller already put the actor in ERROR
+                    self._pull_failed(wid, job, f"the pull process ended with status {code}")
+
+    def _pull_failed(self, wid: str, job: PullJob, why: str) -> None:
+        message = (f"Error pulling image {job.image}: {why}. Check the registry, or import the image with "
+                   "`lightabaco images import`, then PUT the actor with force=true.")
+        log.warning("actor %s: %s", job.actor_dbid, message)
+        row = Worker.get_or_none(Worker.id == wid)
+        Worker.delete().where(Worker.id == wid).execute()
+        if row is not None:
+            Actor.update(status="ERROR", status_message=message).where(
+                (Actor.dbid == job.actor_dbid) & (Actor.revision == row.revision)).execute()
+
+    def _cancel_pull(self, wid: str) -> None:
+        """The row was asked to stop (actor deleted or updated): the pull is no longer wanted."""
+        job = self.pulls.pop(wid)
+        if job.proc.poll() is None:
+            job.proc.kill()
+            job.proc.wait()
+        Worker.delete().where(Worker.id == wid).execute()
 
     def _spawn(self, row: Worker) -> None:
         actor = Actor.get_or_none(Actor.dbid == row.actor_dbid)
@@ -214,7 +322,7 @@ class Supervisor:
         if code == EXIT_BACKEND:
             self.no_backend(row.status_message if row is not None and row.status_message else
                             f"worker {wid} could not start a sandbox backend.")
-        if code not in (0, EXIT_IMAGE) and code != -15:
+        if code not in (0, EXIT_IMAGE, EXIT_NEED_PULL) and code != -15:
             log.warning("worker %s exited with status %s", wid, code)
         if not restart or row is None or code in (0, EXIT_IMAGE, EXIT_BACKEND):
             return

@@ -24,6 +24,7 @@ from lightabaco.config import Settings
 from lightabaco.core import hooks
 from lightabaco.core.doorbell import Doorbell
 from lightabaco.core.services import Services
+from lightabaco.sandbox.errors import ImageNotFound
 from lightabaco.store import db
 from lightabaco.store.db import write_tx
 from lightabaco.store.models import Actor, Worker
@@ -35,6 +36,7 @@ log = logging.getLogger("lightabaco.worker")
 EXIT_OK = 0
 EXIT_IMAGE = 3  # the actor's image could not be prepared: the actor is in ERROR, do not restart
 EXIT_BACKEND = 4  # no usable sandbox backend on this host
+EXIT_NEED_PULL = 5  # the image is not in the store: the supervisor pulls it (outside worker slots), then restarts us
 MAX_START_FAILURES = 5  # consecutive sandbox start failures before the actor goes to ERROR
 HEARTBEAT_S = 10.0
 IDLE_WAIT_S = 1.0
@@ -48,6 +50,24 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
+
+
+def actor_error(services: Services, actor: Actor, revision: int, worker_id: str, message: str) -> None:
+    """Put the actor (this revision only) in ERROR with `message`, drop the worker row, emit the event."""
+    log.error("actor %s: %s", actor.dbid, message)
+    with write_tx():
+        Actor.update(status="ERROR", status_message=message).where(
+            (Actor.dbid == actor.dbid) & (Actor.revision == revision)).execute()
+        Worker.delete().where(Worker.id == worker_id).execute()
+    actor.status_message = message
+    hooks.emit(services, actor, "ACTOR_ERROR", status_message=message)
+
+
+def image_error(services: Services, actor: Actor, revision: int, worker_id: str, exc: BaseException) -> None:
+    """The actor's image could not be prepared (the exception's message never holds a registry's body)."""
+    actor_error(services, actor, revision, worker_id,
+                f"Error pulling image {actor.image} - exception: {exc}. Import it with `lightabaco images "
+                "import` or fix the name, then PUT the actor with force=true.")
 
 
 class WorkerProcess:
@@ -81,14 +101,19 @@ class WorkerProcess:
         actor = Actor.get_or_none(Actor.dbid == self.actor_dbid)
         if actor is None:
             return None
-        self.set_status("PULLING IMAGE", pid=os.getpid(), cid=str(os.getpid()),
+        self.set_status("CREATING CONTAINER", pid=os.getpid(), cid=str(os.getpid()),
                         last_health_check_time=time.time())
+        # Workers never pull: a pull would hold an execution slot for as long as a registry likes. The
+        # supervisor pulls in a separate, bounded pool first (workers/puller.py); an image that went
+        # missing since then sends this worker back to it.
         try:
-            image = self.services.images.ensure(actor.image)
+            image = self.services.images.get(actor.image)
+        except ImageNotFound:
+            log.info("image %s is not in the store; asking the supervisor to pull it", actor.image)
+            self.keep_row = True  # the supervisor reads our row to know which actor to restart
+            raise SystemExit(EXIT_NEED_PULL)
         except Exception as exc:
-            self.actor_error(actor, f"Error pulling image {actor.image} - exception: {exc}. Import it "
-                             "with `lightabaco images import` or fix the name, then PUT the actor with "
-                             "force=true.")
+            image_error(self.services, actor, self.revision, self.worker_id, exc)
             raise SystemExit(EXIT_IMAGE)
         self.set_status("CREATING CONTAINER")
         try:
@@ -105,13 +130,7 @@ class WorkerProcess:
         return image
 
     def actor_error(self, actor: Actor, message: str) -> None:
-        log.error("actor %s: %s", actor.dbid, message)
-        with write_tx():
-            Actor.update(status="ERROR", status_message=message).where(
-                (Actor.dbid == actor.dbid) & (Actor.revision == self.revision)).execute()
-            Worker.delete().where(Worker.id == self.worker_id).execute()
-        actor.status_message = message
-        hooks.emit(self.services, actor, "ACTOR_ERROR", status_message=message)
+        actor_error(self.services, actor, self.revision, self.worker_id, message)
 
     def become_ready(self) -> None:
         now = time.time()

@@ -155,7 +155,7 @@ def test_pending_webhooks_survive_a_restart(server_factory):
     from tests.fixtures.server import free_port
 
     port = free_port()  # nothing listens here yet: the first deliveries fail
-    srv = server_factory(cron_tick_s=1)
+    srv = server_factory(cron_tick_s=1, webhook_allowed_hosts=f"127.0.0.1:{port}")
     url = f"http://127.0.0.1:{port}/late"
     actor = srv.register("abacosamples/test", webhook=url)
     srv.send(actor["id"], "while the receiver is down")

@@ -117,9 +117,6 @@ def test_loopback_registries_bypass_environment_proxies(monkeypatch: pytest.Monk
     loop = RegistryClient(parse_reference("127.0.0.1:5000/x:1"))
     remote = RegistryClient(parse_reference("quay.io/x:1"))  # nothing is contacted here
 
-    def proxies(client: RegistryClient) -> dict[str, str]:
-        import urllib.request
-        return next((h.proxies for h in client.opener.handlers if isinstance(h, urllib.request.ProxyHandler)), {})
-
-    assert proxies(loop) == {}
-    assert proxies(remote).get("https") == "http://127.0.0.1:9"
+    assert loop.proxy_for("https", "127.0.0.1") is None
+    assert loop.proxy_for("http", "127.0.0.1") is None
+    assert remote.proxy_for("https", "quay.io") == "http://127.0.0.1:9"

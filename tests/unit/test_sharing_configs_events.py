@@ -148,10 +148,12 @@ def no_background_delivery(monkeypatch):
 
 
 @pytest.fixture
-def receiver():
+def receiver(sharing_env):
     _Receiver.received = []
     _Receiver.fail_first = 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    # The receiver is on loopback, which webhooks may reach only when the operator names it.
+    sharing_env.services.settings.webhook_allowed_hosts = f"127.0.0.1:{server.server_port}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
