@@ -37,7 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _ensure_samples(images_dir: Path, cache_dir: Path, args: argparse.Namespace) -> None:
     from .samples import ensure_samples
     from .sandbox.errors import SandboxError
-    from .sandbox.images import ImageStore
+    from .images import ImageStore
 
     store = ImageStore(images_dir)
     progress = progress_for(args)
@@ -95,7 +95,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # -- images (local, through the image store) ------------------------------------------------------------
 
 def _store(args: argparse.Namespace) -> Any:
-    from .sandbox.images import ImageStore
+    from .images import ImageStore
 
     return ImageStore(args.home / "images")
 
@@ -122,7 +122,7 @@ def cmd_images(args: argparse.Namespace) -> int:
             data = {"reference": image.reference, "id": image.config_digest}
             emit(args, data, lambda: print(f"pulled {image.reference} {image.config_digest[:19]}", file=args.out))
         elif args.images_cmd == "build":
-            from .sandbox.build import build
+            from lightabaco.build.builder import build
 
             result = build(Path(args.dir), store, cache_dir=args.home / "build-cache", tag=args.tag,
                            file=args.file, build_args=kv(args.build_arg, "--build-arg"), network=args.network,

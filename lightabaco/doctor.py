@@ -151,8 +151,8 @@ def check_home(home: Path, mounts_text: str | None = None) -> list[Check]:
 
 def check_tools() -> list[Check]:
     checks = []
-    from lightabaco.sandbox.bases import find_busybox
-    from lightabaco.sandbox.containerfile import BuildError
+    from lightabaco.build.bases import find_busybox
+    from lightabaco.build.containerfile import BuildError
 
     try:
         checks.append(Check("busybox (sample base)", "ok", str(find_busybox())))

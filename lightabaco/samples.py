@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .sandbox.build import BuildResult, build
-from .sandbox.containerfile import BuildError
+from lightabaco.build.builder import BuildResult, build
+from lightabaco.build.containerfile import BuildError
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 Progress = Callable[[str, int, "int | None", str], None]

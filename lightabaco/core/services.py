@@ -53,7 +53,7 @@ class Services:
     def images(self) -> Any:
         """The sandbox image store (created on first use: the API alone may never need it)."""
         if self._images is None:
-            from lightabaco.sandbox.images import ImageStore
+            from lightabaco.images import ImageStore
 
             self._images = ImageStore(self.settings.images_dir)
         return self._images

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import bases
-from .build_tree import Skeleton, lookup_ids, resolve_in_root
+from .tree import Skeleton, lookup_ids, resolve_in_root
 from .containerfile import BuildError, Instruction, command, expand, key_values, sources_and_dest
 
 Progress = Callable[[str, int, "int | None", str], None]

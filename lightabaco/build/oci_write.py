@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .types import ImageConfig
+from lightabaco.sandbox.types import ImageConfig
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"

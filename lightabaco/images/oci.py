@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import ImageError
-from ..types import ImageConfig
+from lightabaco.sandbox.errors import ImageError
+from lightabaco.sandbox.types import ImageConfig
 from .reference import parse_reference
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -1,6 +1,7 @@
 """The build's working tree: chroot-style path resolution, account lookups, laying out base layers.
 
-Helpers of build.py (standard library only, like the rest of the sandbox package).
+Helpers of builder.py (standard library and the sandbox library only). Paths inside the tree are
+resolved by lightabaco.sandbox.pathwalk, the one chroot-style walker.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from lightabaco.sandbox import pathwalk
+
 from .containerfile import BuildError
 from .oci_write import read_layout
 
@@ -18,27 +21,7 @@ from .oci_write import read_layout
 def resolve_in_root(root: Path, path: str, follow_last: bool = True) -> Path:
     """Where `path` (absolute inside the image) lands on the host, resolving symlinks as a chroot would,
     so that an image's `bin -> usr/bin` is followed but nothing can point outside the tree."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink() and (parts or follow_last):
-            hops += 1
-            if hops > 40:
-                raise BuildError(f"too many symlinks resolving {path} in the image")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return root.joinpath(*resolved)
+    return pathwalk.resolve(root, path, follow_last=follow_last, error=BuildError)
 
 
 def lookup_ids(root: Path, spec: str) -> tuple[int, int]:
@@ -109,38 +92,23 @@ class Skeleton:
 
     def ensure(self, root: Path, path: str) -> None:
         """Create, inside root, the base's nodes that resolving `path` walks through."""
-        parts = [p for p in path.split("/") if p not in ("", ".")]
-        resolved: list[str] = []
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            rel = "/".join(resolved + [part])
-            disk = root / rel
-            entry = self.index.get(rel)
-            if entry and entry[0] == "l":
-                if not disk.is_symlink() and not disk.exists():
-                    disk.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(entry[1], disk)
-                if disk.is_symlink():
-                    hops += 1
-                    if hops > 40:
-                        raise BuildError(f"too many symlinks resolving {path} in the base image")
-                    target = os.readlink(disk)
-                    if target.startswith("/"):
-                        resolved = []
-                    parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-                    continue
-            elif entry and entry[0] == "d" and not disk.exists():
-                disk.mkdir(parents=True, exist_ok=True)
-                os.chmod(disk, entry[1] | 0o700)
-            elif entry and entry[0] == "f" and not disk.exists() and not disk.is_symlink():
-                disk.parent.mkdir(parents=True, exist_ok=True)
-                disk.write_text(entry[1])
-            resolved.append(part)
+        pathwalk.resolve(root, path, prepare=lambda rel: self._lay_out(root, rel), error=BuildError)
+
+    def _lay_out(self, root: Path, rel: str) -> None:
+        """The base's node at `rel` (its parents are real directories already: the walker resolved them)."""
+        disk = root / rel
+        entry = self.index.get(rel)
+        if not entry or disk.is_symlink() or disk.exists():
+            return
+        if entry[0] == "l":
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(entry[1], disk)
+        elif entry[0] == "d":
+            disk.mkdir(parents=True, exist_ok=True)
+            os.chmod(disk, entry[1] | 0o700)
+        elif entry[0] == "f":
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            disk.write_text(entry[1])
 
 
 def unpack_layers(layout: Path, root: Path) -> None:

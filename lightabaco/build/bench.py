@@ -1,6 +1,6 @@
 """Benchmark of `lightabaco images build`, side by side with `podman build` when podman works here.
 
-    python -m lightabaco.sandbox.build_bench [--cache DIR] [--runs 3]
+    python -m lightabaco.build.bench [--cache DIR] [--runs 3]
 
 Prints one table: building a busybox sample cold and cached, a Python sample without RUN (skeleton
 base) and with RUN (the base laid out in full), each with lightabaco's builder and, where podman is
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 from .bases import find_busybox, python_layout
-from .build import build
+from .builder import build
 from .containerfile import BuildError
-from .images import ImageStore
+from lightabaco.images import ImageStore
 
 BUSYBOX_CONTEXT = {"Containerfile": 'FROM lightabaco/busybox\nCOPY run.sh /run.sh\nRUN chmod 755 /run.sh\n'
                                     'CMD ["/run.sh"]\n',
@@ -61,7 +61,7 @@ def _fmt(seconds: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lightabaco.sandbox.build_bench")
+    parser = argparse.ArgumentParser(prog="python -m lightabaco.build.bench")
     parser.add_argument("--cache", type=Path, help="build cache to reuse (holds the Debian base)")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)

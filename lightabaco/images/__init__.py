@@ -1,6 +1,6 @@
 """The image store: import (OCI layout, oci-archive, docker-archive), registry pull, safe unpack.
 
-    from lightabaco.sandbox.images import ImageStore, parse_reference
+    from lightabaco.images import ImageStore, parse_reference
     store = ImageStore(home / "images")
     image = store.ensure("abacosamples/wc")     # local lookup, else pull from the registry
     image.rootfs                                 # flattened tree to bind read-only as /
@@ -11,6 +11,9 @@ Long operations take `progress(event, done, total, detail)`; events are "pull" (
 
 Modules: `reference` (Docker reference parsing), `oci` (reading layouts and archives, platforms,
 image configs), `unpack` (the safe unpacker), `registry` (distribution API v2 client), `store`.
+
+May import: the standard library, zstandard and lightabaco.sandbox (types, errors, fsutil, pathwalk) only:
+like the sandbox, a library usable on its own.
 """
 
 from .reference import Reference, normalize, parse_reference

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import ImageError
+from lightabaco.sandbox.errors import ImageError
 
 DOCKER_HUB = "docker.io"
 # Docker Hub's registry API lives on a different host than its public name.

@@ -24,8 +24,8 @@ from typing import BinaryIO, Callable, Iterable
 
 import zstandard
 
-from ..errors import ImageError
-from ..fsutil import force_rmtree
+from lightabaco.sandbox.errors import ImageError
+from lightabaco.sandbox.fsutil import force_rmtree
 
 # Bump when the unpacked tree would differ for the same image (the store keys rootfs dirs by it).
 UNPACKER_VERSION = 1

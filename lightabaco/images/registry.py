@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ImageError, RegistryAuthError, RegistryError
+from lightabaco.sandbox.errors import ImageError, RegistryAuthError, RegistryError
 from .oci import DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, sha256_digest
 from .reference import DOCKER_HUB, Reference
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from ..errors import ImageError, ImageNotFound
-from ..types import ImageConfig, PreparedImage
+from lightabaco.sandbox.errors import ImageError, ImageNotFound
+from lightabaco.sandbox.types import ImageConfig, PreparedImage
 from . import oci
 from .reference import is_image_id, parse_reference
 from .unpack import (UNPACKER_VERSION, LayerSource, Unpacker, UnpackLimits, chown_tree, force_rmtree,

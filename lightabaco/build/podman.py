@@ -9,14 +9,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 from .containerfile import BuildError
-
-if TYPE_CHECKING:
-    from .build import BuildResult, Store
-
-Progress = Callable[[str, int, "int | None", str], None]
+from .results import BuildResult, Progress, Store
 
 
 def build_podman(context: Path, store: Store, *, cache_dir: Path, tag: str | None, file: str | None,
@@ -56,8 +51,6 @@ def build_podman(context: Path, store: Store, *, cache_dir: Path, tag: str | Non
     images = store.import_path(archive, tag=tag, progress=progress)
     archive.unlink(missing_ok=True)
     shutil.rmtree(runroot, ignore_errors=True)  # runtime state only; the layers stay under --root
-    from .build import BuildResult
-
     return BuildResult(images[0], images[0].config_digest, False, time.monotonic() - started, ["podman build"])
 
 

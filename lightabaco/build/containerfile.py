@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ImageError
+from lightabaco.sandbox.errors import ImageError
 
 
 class BuildError(ImageError):

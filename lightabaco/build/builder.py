@@ -23,41 +23,21 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 from . import bases
-from .build_podman import build_podman
-from .build_steps import BuildState, TreeBuilder, apply, arg_defaults, ignore_patterns, ignored
-from .build_tree import Skeleton, resolve_in_root, unpack_layers
-from .fsutil import force_rmtree
+from .podman import build_podman
+from .results import BuildResult, Progress, Store
+from .steps import BuildState, TreeBuilder, apply, arg_defaults, ignore_patterns, ignored
+from .tree import Skeleton, resolve_in_root, unpack_layers
+from lightabaco.sandbox.fsutil import force_rmtree
 from .containerfile import BuildError, expand, find_containerfile, parse
 from .oci_write import LayoutWriter, config_from_image, diff, flatten_to_layout, read_layout, snapshot, write_layer
-from .types import PreparedImage
+from lightabaco.sandbox.types import PreparedImage
 
 __all__ = ["BuildError", "BuildResult", "build", "build_layout", "resolve_in_root"]
-Progress = Callable[[str, int, "int | None", str], None]
-
 BUILDER_VERSION = "1"
-
-
-class Store(Protocol):
-    """The parts of lightabaco.sandbox.images.ImageStore the builder uses."""
-
-    def get(self, ref: str) -> PreparedImage: ...
-    def ensure(self, ref: str, **kwargs: Any) -> PreparedImage: ...
-    def import_path(self, path: Any, tag: str | None = None, progress: Any = None) -> list[PreparedImage]: ...
-    def tag(self, ref_or_id: str, new_ref: str) -> Any: ...
-
-
-@dataclass
-class BuildResult:
-    image: PreparedImage
-    config_digest: str
-    cached: bool
-    seconds: float
-    steps: list[str] = field(default_factory=list)
 
 
 def _context_digest(context: Path, ignore: list[str]) -> str:
