@@ -12,7 +12,7 @@ from typing import Any
 
 import peewee
 
-from lightabaco.store.db import database
+from lightabaco.store.handle import database
 
 
 class JSONField(peewee.TextField):

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from lightabaco.samples import build_sample, sample_by_name
+from lightabaco.cli.samples import build_sample, sample_by_name
 from lightabaco.sandbox.backend import get_backend, run
 from lightabaco.build.containerfile import BuildError
 from lightabaco.images import ImageStore

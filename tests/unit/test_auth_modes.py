@@ -9,7 +9,7 @@ import warnings
 
 import jwt
 
-from lightabaco import users_cli
+from lightabaco.cli import users as users_cli
 from lightabaco.core import auth
 
 with warnings.catch_warnings():

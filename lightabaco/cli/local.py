@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli_common import EXIT_ERROR, EXIT_OK, emit, kv, progress_for, table
+from .common import EXIT_ERROR, EXIT_OK, emit, kv, progress_for, table
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config import Settings
-    from .server import first_run, serve
+    from lightabaco.config import Settings
+    from lightabaco.server import first_run, serve
 
     settings = Settings.from_env(home=args.home, host=args.host, port=args.port, workers=args.workers,
                                  backend=args.backend, auth=args.auth)
@@ -36,8 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _ensure_samples(images_dir: Path, cache_dir: Path, args: argparse.Namespace) -> None:
     from .samples import ensure_samples
-    from .sandbox.errors import SandboxError
-    from .images import ImageStore
+    from lightabaco.sandbox.errors import SandboxError
+    from lightabaco.images import ImageStore
 
     store = ImageStore(images_dir)
     progress = progress_for(args)
@@ -73,13 +73,13 @@ def _version() -> str:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from .users_cli import token_main
+    from .users import token_main
 
     return token_main(args.rest, args.home, out=args.out, err=args.err)
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from .users_cli import users_main
+    from .users import users_main
 
     return users_main(args.rest, args.home, out=args.out, err=args.err)
 
@@ -95,7 +95,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # -- images (local, through the image store) ------------------------------------------------------------
 
 def _store(args: argparse.Namespace) -> Any:
-    from .images import ImageStore
+    from lightabaco.images import ImageStore
 
     return ImageStore(args.home / "images")
 

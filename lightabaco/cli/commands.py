@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from .cli_common import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, default_home, emit, get, kv,  # noqa: F401
+from .common import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, default_home, emit, get, kv,  # noqa: F401
                          table)
-from .cli_local import cmd_doctor, cmd_images, cmd_serve, cmd_token, cmd_users
+from .local import cmd_doctor, cmd_images, cmd_serve, cmd_token, cmd_users
 from .client import Client, ClientError, resolve_token, resolve_url
 
 # -- client verbs -------------------------------------------------------------------------------------
@@ -414,8 +414,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         parser.print_help(args.err)
         return EXIT_USAGE
     args.home = Path(args.home).expanduser() if args.home else default_home()
-    from .core.errors import AbacoError
-    from .sandbox.errors import SandboxError
+    from lightabaco.core.errors import AbacoError
+    from lightabaco.sandbox.errors import SandboxError
 
     try:
         return args.func(args)
