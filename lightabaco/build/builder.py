@@ -24,7 +24,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from . import bases
 from .podman import build_podman

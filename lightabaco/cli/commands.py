@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         parser.print_help(args.err)
         return EXIT_USAGE
     args.home = Path(args.home).expanduser() if args.home else default_home()
-    from lightabaco.core.errors import AbacoError
+    from lightabaco.protocol.errors import AbacoError
     from lightabaco.sandbox.errors import SandboxError
 
     try:

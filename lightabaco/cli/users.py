@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from lightabaco.core import auth
-from lightabaco.core.errors import AbacoError
-from lightabaco.core.identity import ROLES
+from lightabaco.sharing import auth
+from lightabaco.protocol.errors import AbacoError
+from lightabaco.sharing.identity import ROLES
 
 
 def _connect(home: Path) -> str:

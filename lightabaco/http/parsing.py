@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
-from lightabaco.core.errors import AbacoError, ValidationError
+from lightabaco.protocol.errors import AbacoError, ValidationError
 
 NO_JSON = object()
 

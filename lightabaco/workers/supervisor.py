@@ -18,8 +18,8 @@ import time
 from collections import defaultdict, deque
 from typing import Any
 
-from lightabaco.core import workers as worker_records
-from lightabaco.core.doorbell import Doorbell
+from lightabaco.abaco import workers as worker_records
+from lightabaco.abaco.doorbell import Doorbell
 from lightabaco.store import mailbox
 from lightabaco.store.db import write_tx
 from lightabaco.store.models import Actor, Execution, Message, Worker

@@ -10,7 +10,7 @@ import warnings
 import jwt
 
 from lightabaco.cli import users as users_cli
-from lightabaco.core import auth
+from lightabaco.sharing import auth
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx`")

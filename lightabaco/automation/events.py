@@ -16,12 +16,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Mapping
+from typing import Any
 
-from lightabaco.core import permissions as perms
-from lightabaco.core.errors import AbacoError, ValidationError
-from lightabaco.core.identity import Identity
-from lightabaco.core.serialize import display_time
+from lightabaco.sharing import permissions as perms
+from lightabaco.protocol.serialize import display_time
+# Who may link to whom (validate_link, has_cycles) is a sharing rule: lightabaco.sharing.links.
+from lightabaco.sharing.links import _resolve, attr as _attr
 
 log = logging.getLogger(__name__)
 
@@ -35,74 +35,6 @@ MAX_ATTEMPTS = 8
 CLAIM_S = 60.0
 MAX_BACKOFF_S = 300.0
 POST_TIMEOUT_S = 10.0
-
-LINK_UNRESOLVABLE = ("Invalid link parameter; unable to retrieve linked actor data. The link must be a valid "
-                     "actor id or alias for which you have EXECUTE permission. ")
-LINK_SELF = "Invalid link parameter. An actor cannot link to itself."
-LINK_CYCLE = "Error: this update would result in a cycle of linked actors."
-
-
-def _attr(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-# -- links -------------------------------------------------------------------------------------------
-
-
-def has_cycles(links: Mapping[str, str]) -> bool:
-    """True if following `node → links[node]` from any node revisits a node (a self-loop counts)."""
-    done: set[str] = set()
-    for start in links:
-        seen: set[str] = set()
-        node: str | None = start
-        while node is not None and node in links and node not in done:
-            if node in seen:
-                return True
-            seen.add(node)
-            node = links[node]
-        done |= seen
-    return False
-
-
-def _resolve(tenant: str, identifier: str) -> str | None:
-    """Actor id for an id or alias in the tenant, or None when nothing exists under that name."""
-    from lightabaco.core.aliases import actor_exists, resolve_actor_id
-
-    try:
-        actor_id = resolve_actor_id(None, tenant, identifier)
-    except AbacoError:
-        return None
-    return actor_id if actor_exists(tenant, actor_id) else None
-
-
-def validate_link(services: Any, identity: Identity, actor: Any, link: str | None) -> str:
-    """Check a new `link` value for the actor (None for an actor being registered); returns it."""
-    from lightabaco.store.models import Actor
-
-    link = (link or "").strip()
-    if not link:
-        return ""
-    tenant = identity.tenant
-    target = _resolve(tenant, link)
-    if target is None or not perms.has_level(identity, perms.ACTOR, f"{tenant}_{target}", perms.EXECUTE):
-        raise ValidationError(LINK_UNRESOLVABLE)
-    actor_id = _attr(actor, "id") if actor is not None else None
-    if actor_id is None:
-        return link  # a new actor has nothing linking to it yet: no cycle is possible
-    if target == actor_id:
-        raise ValidationError(LINK_SELF)
-    graph: dict[str, str] = {}
-    for row in Actor.select(Actor.id, Actor.link).where((Actor.tenant == tenant) & (Actor.link != "")):
-        resolved = _resolve(tenant, row.link)
-        if resolved:
-            graph[row.id] = resolved
-    graph[actor_id] = target
-    if has_cycles(graph):
-        raise ValidationError(LINK_CYCLE)
-    return link
-
 
 # -- emitting ----------------------------------------------------------------------------------------
 
@@ -146,7 +78,7 @@ def emit(services: Any, actor: Any, event_type: str, **data: Any) -> None:
 
 
 def _deliver_to_link(services: Any, actor: Any, link: str, event: dict[str, Any]) -> None:
-    from lightabaco.core import messages
+    from lightabaco.abaco import messages
     from lightabaco.store.models import Actor
 
     tenant = _attr(actor, "tenant", "")

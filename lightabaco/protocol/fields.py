@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from lightabaco.core.errors import ValidationError
-from lightabaco.core.serialize import under_to_camel
+from lightabaco.protocol.errors import ValidationError
+from lightabaco.protocol.serialize import under_to_camel
 
 _MISSING = object()
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
-from lightabaco.core import permissions as perms
-from lightabaco.core.aliases import alias_row as _alias_row
-from lightabaco.core.fields import field
-from lightabaco.core.errors import AbacoError, PermissionDenied, ValidationError
-from lightabaco.core.identity import Identity
-from lightabaco.core.serialize import display_time
+from lightabaco.sharing import permissions as perms
+from lightabaco.sharing.aliases import alias_row as _alias_row
+from lightabaco.protocol.fields import field
+from lightabaco.protocol.errors import AbacoError, PermissionDenied, ValidationError
+from lightabaco.sharing.identity import Identity
+from lightabaco.protocol.serialize import display_time
 
 ACTOR_LEVELS = ("NONE", "READ", "EXECUTE", "UPDATE")
 ALIAS_LEVELS = ("NONE", "READ", "EXECUTE")

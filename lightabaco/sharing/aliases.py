@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
-from lightabaco.core import permissions as perms
-from lightabaco.core.errors import NotFound, PermissionDenied, ValidationError
-from lightabaco.core.fields import field
-from lightabaco.core.identity import Identity
+from lightabaco.sharing import permissions as perms
+from lightabaco.protocol.errors import NotFound, PermissionDenied, ValidationError
+from lightabaco.protocol.fields import field
+from lightabaco.sharing.identity import Identity
 from lightabaco.store.db import write_tx
 
 RESERVED_WORDS = ("executions", "nonces", "logs", "messages", "adapters", "admin")

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightabaco import ids
-from lightabaco.core import actors as actors_mod
-from lightabaco.core import workers
-from lightabaco.core.errors import ValidationError
-from lightabaco.core.identity import Identity
+from lightabaco.abaco import actors as actors_mod
+from lightabaco.abaco import workers
+from lightabaco.protocol.errors import ValidationError
+from lightabaco.sharing.identity import Identity
 from lightabaco.store import fast, mailbox
 from lightabaco.store.db import database, write_tx
 from lightabaco.store.models import Execution, Message

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from lightabaco import ids
-from lightabaco.core import actors as actors_mod
-from lightabaco.core.errors import NotFound, ValidationError
-from lightabaco.core.identity import Identity
-from lightabaco.core.serialize import display_time_or_null
+from lightabaco.abaco import actors as actors_mod
+from lightabaco.protocol.errors import NotFound, ValidationError
+from lightabaco.sharing.identity import Identity
+from lightabaco.protocol.serialize import display_time_or_null
 
 from lightabaco.store import fast
 from lightabaco.store.db import database

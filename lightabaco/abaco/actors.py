@@ -6,11 +6,13 @@ import re
 from typing import Any, Mapping
 
 from lightabaco import ids
-from lightabaco.core import hooks
-from lightabaco.core.errors import NotFound, ValidationError
-from lightabaco.core.fields import FieldSpec, parse, present
-from lightabaco.core.identity import Identity
-from lightabaco.core.serialize import display_time
+from lightabaco.abaco import schedule
+from lightabaco.protocol.errors import NotFound, ValidationError
+from lightabaco.protocol.fields import FieldSpec, parse, present
+from lightabaco.sharing import aliases, permissions
+from lightabaco.sharing.identity import Identity
+from lightabaco.sharing.links import validate_link
+from lightabaco.protocol.serialize import display_time
 from lightabaco.store import fast
 from lightabaco.store.db import write_tx
 from lightabaco.store.models import Actor, Counter, Execution, Log, Worker
@@ -70,11 +72,11 @@ def mem_bytes(text: str | None) -> int | None:
 
 def load(services: Any, identity: Identity, identifier: str, level: str = "READ") -> Actor:
     """Resolve an id or alias in the caller's tenant, check the permission level, return the row."""
-    actor_id = hooks.resolve_actor_id(services, identity.tenant, identifier)
+    actor_id = aliases.resolve_actor_id(services, identity.tenant, identifier)
     row = fast.get_one(Actor, "dbid", ids.dbid(identity.tenant, actor_id))
     if row is None:
         raise NotFound(f"Actor with identifier '{identifier}' not found")
-    hooks.require_actor(services, identity, row, level)
+    permissions.require_actor(services, identity, row, level)
     return row
 
 
@@ -115,7 +117,7 @@ def _validate(services: Any, identity: Identity, raw: Mapping[str, Any], values:
               specs: list[FieldSpec], creating: bool, previous: Any = None) -> None:
     case = services.settings.case
     provided = {s.name for s in specs if present(raw, s, case)}
-    hooks.check_privileged_fields(identity, {name: values.get(name) for name in provided & PRIVILEGED_FIELDS})
+    permissions.check_privileged_fields(identity, {name: values.get(name) for name in provided & PRIVILEGED_FIELDS})
     hints = []
     for hint in values["hints"] or []:
         text = str(hint)
@@ -145,7 +147,7 @@ def _validate(services: Any, identity: Identity, raw: Mapping[str, Any], values:
     if values["log_ex"] is not None:
         values["log_ex"] = min(values["log_ex"], services.settings.log_ex_limit)
     if values["cron_schedule"]:
-        values["cron_next_ex"] = hooks.cron_validate(
+        values["cron_next_ex"] = schedule.next_ex_for(
             services, values["cron_schedule"], services.now(),
             getattr(previous, "cron_schedule", None), getattr(previous, "cron_next_ex", None))
         if creating:
@@ -160,7 +162,7 @@ def _validate(services: Any, identity: Identity, raw: Mapping[str, Any], values:
 
 
 def list_actors(services: Any, identity: Identity) -> list[dict[str, Any]]:
-    visible = hooks.visible_actor_dbids(services, identity)
+    visible = permissions.visible_actor_dbids(services, identity)
     q = Actor.select().where(Actor.tenant == identity.tenant).order_by(Actor.seq, Actor.create_time)
     out = []
     for row in q:
@@ -181,9 +183,9 @@ def create_actor(services: Any, identity: Identity, raw: Mapping[str, Any]) -> d
             owner=identity.username, api_server=base_url(services, identity), revision=1,
             status="SUBMITTED", status_message="", state={}, mounts=[], create_time=now,
             last_update_time=now, seq=seq, **values)
-        hooks.validate_link(services, identity, row, row.link)
-        hooks.on_actor_created(services, identity, row)
-    from lightabaco.core import workers
+        validate_link(services, identity, row, row.link)
+        permissions.on_actor_created(services, identity, row)
+    from lightabaco.abaco import workers
 
     workers.ensure_one_worker(services, row)
     return display(services, identity, row)
@@ -203,7 +205,7 @@ def update_actor(services: Any, identity: Identity, identifier: str,
     _validate(services, identity, raw, values, _PUT_FIELDS, creating=False, previous=row)
     force = values.pop("force")
     restart = force or values["image"] != row.image
-    hooks.validate_link(services, identity, row, values["link"])
+    validate_link(services, identity, row, values["link"])
     with write_tx():
         fresh = Actor.get_or_none(Actor.dbid == row.dbid)
         if fresh is None:
@@ -217,7 +219,7 @@ def update_actor(services: Any, identity: Identity, identifier: str,
             fresh.status_message = ""
         fresh.save()
     if restart:
-        from lightabaco.core import workers
+        from lightabaco.abaco import workers
 
         workers.request_worker(services, fresh, stop_existing=True)
     return display(services, identity, fresh)
@@ -225,7 +227,7 @@ def update_actor(services: Any, identity: Identity, identifier: str,
 
 def delete_actor(services: Any, identity: Identity, identifier: str) -> None:
     row = load(services, identity, identifier, "UPDATE")
-    from lightabaco.core import workers
+    from lightabaco.abaco import workers
     from lightabaco.store import mailbox
 
     with write_tx():
@@ -242,7 +244,7 @@ def delete_actor(services: Any, identity: Identity, identifier: str) -> None:
         worker_ids = [w.id for w in Worker.select(Worker.id).where(Worker.actor_dbid == row.dbid)]
         Worker.update(status="SHUTDOWN_REQUESTED").where(Worker.actor_dbid == row.dbid).execute()
         Actor.delete().where(Actor.dbid == row.dbid).execute()
-        hooks.on_actor_deleted(services, row)
+        permissions.on_actor_deleted(services, row)
     for wid in worker_ids:
         services.notifier.wake_worker(wid, b"stop")
     workers.wake(services)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lightabaco.core import hooks
-from lightabaco.core.messages import BINARY, JSON
+from lightabaco.sharing import auth, configs as configs_mod
+from lightabaco.abaco.messages import BINARY, JSON
 
 
 def message_text(body: bytes, content_type: str) -> str | None:
@@ -34,7 +34,7 @@ def build_env(services: Any, actor: Any, message_env: dict[str, Any], body: byte
         env[str(key)] = None if value is None else str(value)
     token = ""
     if actor.token in (True, "true", "True"):
-        token = hooks.mint_actor_token(services, actor.owner, actor.tenant,
+        token = auth.mint_actor_token(services, actor.owner, actor.tenant,
                                        services.settings.token_ttl_s)
     env.update({
         "_abaco_access_token": token,
@@ -49,7 +49,7 @@ def build_env(services: Any, actor: Any, message_env: dict[str, Any], body: byte
     # Abaco sets the underscore name; agavepy/tapipy read the hyphenated one. Set both.
     env["_abaco_Content-Type"] = env.get("_abaco_Content_Type") or content_type
     env["_abaco_Content_Type"] = env["_abaco_Content-Type"]
-    configs = hooks.actor_configs_for(services, actor.tenant, actor.id)
+    configs = configs_mod.actor_configs_for(services, actor.tenant, actor.id)
     if configs:
         env["_actor_configs"] = str(configs)
     msg = message_text(body, content_type)

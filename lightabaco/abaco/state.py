@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightabaco.core import actors as actors_mod
-from lightabaco.core.errors import NotFound, ValidationError
-from lightabaco.core.identity import Identity
+from lightabaco.abaco import actors as actors_mod
+from lightabaco.protocol.errors import NotFound, ValidationError
+from lightabaco.sharing.identity import Identity
 from lightabaco.store.models import Actor
 
 _MISSING = object()

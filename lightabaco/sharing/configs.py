@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from lightabaco.core import permissions as perms
-from lightabaco.core.fields import field
-from lightabaco.core.errors import AbacoError, NotFound, ValidationError
-from lightabaco.core.identity import Identity
+from lightabaco.sharing import permissions as perms
+from lightabaco.protocol.fields import field
+from lightabaco.protocol.errors import AbacoError, NotFound, ValidationError
+from lightabaco.sharing.identity import Identity
 from lightabaco.store.db import write_tx
 
 KEY_FILE = "config.key"
@@ -90,7 +90,7 @@ def _validate_name(name: str) -> None:
 
 
 def _parse(fields: Mapping[str, Any], *, need_name: bool) -> tuple[str | None, str, bool, str]:
-    from lightabaco.core.fields import boolean
+    from lightabaco.protocol.fields import boolean
 
     name = field(fields, "name")
     value = field(fields, "value")

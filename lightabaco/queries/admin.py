@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from lightabaco.core.errors import PermissionDenied, ValidationError
-from lightabaco.core.identity import Identity
+from lightabaco.protocol.errors import PermissionDenied, ValidationError
+from lightabaco.sharing.identity import Identity
 
 ADMIN_REQUIRED = "Abaco Admin role required."
 
@@ -19,7 +19,7 @@ def require_admin(identity: Identity) -> None:
 
 def utilization(services: Any, identity: Identity) -> dict[str, int]:
     """Always camel case, as in Abaco."""
-    from lightabaco.core.actors import total_created
+    from lightabaco.abaco.actors import total_created
     from lightabaco.store.models import Actor, Worker
 
     return {"currentActors": Actor.select().count(), "totalActors": total_created(),
@@ -28,7 +28,7 @@ def utilization(services: Any, identity: Identity) -> dict[str, int]:
 
 
 def all_actors(services: Any, identity: Identity) -> list[dict[str, Any]]:
-    from lightabaco.core import actors, workers
+    from lightabaco.abaco import actors, workers
     from lightabaco.store import mailbox
     from lightabaco.store.models import Actor, Execution, Worker
 
@@ -48,7 +48,7 @@ def all_actors(services: Any, identity: Identity) -> list[dict[str, Any]]:
 
 
 def workers_summary(services: Any, identity: Identity) -> dict[str, Any]:
-    from lightabaco.core import workers
+    from lightabaco.abaco import workers
     from lightabaco.store.models import Actor, Worker
 
     require_admin(identity)
@@ -73,7 +73,7 @@ def workers_summary(services: Any, identity: Identity) -> dict[str, Any]:
 
 
 def executions_summary(services: Any, identity: Identity) -> dict[str, Any]:
-    from lightabaco.core.actors import total_created
+    from lightabaco.abaco.actors import total_created
     from lightabaco.store.models import Actor, Execution
 
     require_admin(identity)
@@ -114,7 +114,7 @@ def executions_summary(services: Any, identity: Identity) -> dict[str, Any]:
 
 def run_cron(services: Any, identity: Identity, now: float | None = None) -> dict[str, int]:
     """Run one cron pass now (lightabaco extension: tests and admins need not wait for the ticker)."""
-    from lightabaco.core import cron
+    from lightabaco.automation import cron
 
     require_admin(identity)
     return {"executions": cron.tick(services, services.now() if now is None else now)}
@@ -124,16 +124,16 @@ def run_cron(services: Any, identity: Identity, now: float | None = None) -> dic
 
 
 def list_users(services: Any, identity: Identity) -> list[dict[str, Any]]:
-    from lightabaco.core import auth
-    from lightabaco.core.serialize import display_time
+    from lightabaco.sharing import auth
+    from lightabaco.protocol.serialize import display_time
 
     require_admin(identity)
     return [dict(u, create_time=display_time(u["create_time"])) for u in auth.list_users()]
 
 
 def add_user(services: Any, identity: Identity, fields: Mapping[str, Any]) -> dict[str, Any]:
-    from lightabaco.core import auth
-    from lightabaco.core.fields import field
+    from lightabaco.sharing import auth
+    from lightabaco.protocol.fields import field
 
     require_admin(identity)
     username = field(fields, "username") or field(fields, "user")
@@ -147,7 +147,7 @@ def add_user(services: Any, identity: Identity, fields: Mapping[str, Any]) -> di
 
 
 def reissue_token(services: Any, identity: Identity, username: str, tenant: str | None = None) -> dict[str, Any]:
-    from lightabaco.core import auth
+    from lightabaco.sharing import auth
 
     require_admin(identity)
     tenant = tenant or identity.tenant
@@ -157,7 +157,7 @@ def reissue_token(services: Any, identity: Identity, username: str, tenant: str 
 
 
 def revoke_user(services: Any, identity: Identity, username: str, tenant: str | None = None) -> None:
-    from lightabaco.core import auth
+    from lightabaco.sharing import auth
 
     require_admin(identity)
     auth.revoke_user(username, tenant or identity.tenant)

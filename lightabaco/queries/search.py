@@ -14,10 +14,10 @@ import json
 import re
 from typing import Any, Callable, Iterable, Mapping
 
-from lightabaco.core import permissions as perms
-from lightabaco.core.errors import AbacoError
-from lightabaco.core.identity import Identity
-from lightabaco.core.serialize import camel_to_under, display_time, to_case
+from lightabaco.sharing import permissions as perms
+from lightabaco.protocol.errors import AbacoError
+from lightabaco.sharing.identity import Identity
+from lightabaco.protocol.serialize import camel_to_under, display_time, to_case
 
 KINDS = ("actors", "workers", "executions", "logs")
 DEFAULT_LIMIT = 100
@@ -213,7 +213,7 @@ def _text(record: Mapping[str, Any]) -> str:
 
 
 def _actor_records(services: Any, identity: Identity, dbids: set[str] | None) -> Iterable[dict[str, Any]]:
-    from lightabaco.core.actors import display
+    from lightabaco.abaco.actors import display
     from lightabaco.store.models import Actor
 
     q = Actor.select().where(Actor.tenant == identity.tenant).order_by(Actor.seq, Actor.create_time)
@@ -236,7 +236,7 @@ def _actor_rows(identity: Identity, dbids: set[str] | None) -> dict[str, Any]:
 
 
 def _execution_records(services: Any, identity: Identity, dbids: set[str] | None) -> Iterable[dict[str, Any]]:
-    from lightabaco.core.actors import base_url
+    from lightabaco.abaco.actors import base_url
     from lightabaco.store.models import Execution
 
     actors = _actor_rows(identity, dbids)
@@ -275,7 +275,7 @@ def _worker_records(services: Any, identity: Identity, dbids: set[str] | None) -
 
 
 def _log_records(services: Any, identity: Identity, dbids: set[str] | None) -> Iterable[dict[str, Any]]:
-    from lightabaco.core.actors import base_url
+    from lightabaco.abaco.actors import base_url
     from lightabaco.store.models import Execution, Log
 
     actors = _actor_rows(identity, dbids)

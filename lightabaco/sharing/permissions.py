@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from lightabaco.core.errors import NotFound, PermissionDenied, ValidationError
-from lightabaco.core.fields import field
-from lightabaco.core.identity import Identity
+from lightabaco.protocol.errors import NotFound, PermissionDenied, ValidationError
+from lightabaco.protocol.fields import field
+from lightabaco.sharing.identity import Identity
 from lightabaco.store.db import write_tx
 
 NONE, READ, EXECUTE, UPDATE = 0, 1, 2, 3

@@ -34,8 +34,8 @@ from typing import Any, Iterator, Mapping
 import jwt
 import peewee
 
-from lightabaco.core.errors import AbacoError, AuthenticationError
-from lightabaco.core.identity import ADMIN, LIMITED, PRIVILEGED, ROLES, USER, Identity
+from lightabaco.protocol.errors import AbacoError, AuthenticationError
+from lightabaco.sharing.identity import ADMIN, LIMITED, PRIVILEGED, ROLES, USER, Identity
 
 log = logging.getLogger(__name__)
 
