@@ -14,7 +14,7 @@ from typing import Any, Callable
 from lightabaco.build.builder import BuildResult, build
 from lightabaco.build.containerfile import BuildError
 
-IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
+IMAGES_DIR = Path(__file__).resolve().parents[2] / "images"  # the checkout's images/ (this file: lightabaco/cli/)
 Progress = Callable[[str, int, "int | None", str], None]
 
 
