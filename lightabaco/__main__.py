@@ -2,6 +2,6 @@
 
 import sys
 
-from lightabaco.cli import main
+from lightabaco.cli.commands import main
 
 sys.exit(main())

@@ -55,9 +55,9 @@ def free_port() -> int:
 
 def build_trivial_image(home: Path) -> None:
     """busybox with Cmd ["/bin/echo", "ok"], imported into the home's image store."""
-    from lightabaco.sandbox import bases
-    from lightabaco.sandbox.images import ImageStore
-    from lightabaco.sandbox.oci_write import LayoutWriter, read_layout
+    from lightabaco.build import bases
+    from lightabaco.images import ImageStore
+    from lightabaco.build.oci_write import LayoutWriter, read_layout
 
     base = bases.busybox_layout(home / "cache")
     _config, layers, _ = read_layout(base)
@@ -116,7 +116,7 @@ class Client:
 
 def bench_sandbox(home: Path, samples: int, seconds: float) -> dict[str, float]:
     from lightabaco.sandbox.backend import get_backend
-    from lightabaco.sandbox.images import ImageStore
+    from lightabaco.images import ImageStore
     from lightabaco.sandbox.types import ExecSpec
 
     image = ImageStore(home / "images").ensure(TRIVIAL_TAG)

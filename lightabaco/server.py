@@ -21,8 +21,10 @@ from typing import Any
 import schedule
 
 from lightabaco.config import Settings
-from lightabaco.core import hooks, housekeeping
-from lightabaco.core.services import Services
+from lightabaco.abaco import housekeeping
+from lightabaco.abaco.services import Services
+from lightabaco.automation import cron
+from lightabaco.automation.subscriptions import subscribe as subscribe_automation
 from lightabaco.store import db
 
 log = logging.getLogger("lightabaco.server")
@@ -43,7 +45,7 @@ def first_run(settings: Settings) -> str:
     _restrict_database_files(settings)
     if settings.auth == "none":
         return ""
-    from lightabaco.core import auth
+    from lightabaco.sharing import auth
 
     return auth.ensure_owner_token(settings.home, settings.tenant)
 
@@ -78,6 +80,7 @@ def _restrict_database_files(settings: Settings) -> None:
 def build_services(settings: Settings) -> Services:
     from lightabaco.workers.notify import DoorbellNotifier
 
+    subscribe_automation()  # links and webhooks hear the lifecycle's events in this process
     return Services(settings, notifier=DoorbellNotifier(settings.home))
 
 
@@ -94,7 +97,7 @@ class Ticker:
         self._thread = threading.Thread(target=self._loop, name="ticker", daemon=True)
 
     def cron(self) -> None:
-        fired = hooks.cron_tick(self.services, time.time())
+        fired = int(cron.tick(self.services, time.time()) or 0)
         if fired:
             log.info("cron: %d execution(s) queued", fired)
 
@@ -182,7 +185,7 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
         supervisor.start(recover=True)
         ticker = Ticker(services)
         ticker.start()
-        from lightabaco.core import events
+        from lightabaco.automation import events
 
         events.start_delivery(services)  # webhooks a previous run left pending go out now
     try:

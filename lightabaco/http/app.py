@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lightabaco.core import busy
-from lightabaco.core.doorbell import ExecutionWaiter
-from lightabaco.core.errors import AbacoError
+from lightabaco.abaco import busy
+from lightabaco.abaco.doorbell import ExecutionWaiter
+from lightabaco.protocol.errors import AbacoError
 from lightabaco.http import envelope
 from lightabaco.http import (routes_actors, routes_admin, routes_executions, routes_messages,
                              routes_search, routes_sharing, routes_workers)

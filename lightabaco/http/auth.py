@@ -14,9 +14,9 @@ from urllib.parse import parse_qs
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lightabaco.core import auth, nonces, permissions
-from lightabaco.core.errors import AbacoError, NotFound
-from lightabaco.core.identity import Identity
+from lightabaco.sharing import auth, nonces, permissions
+from lightabaco.protocol.errors import AbacoError, NotFound
+from lightabaco.sharing.identity import Identity
 from lightabaco.http.envelope import error_bytes
 
 NO_CREDENTIALS = ("No JWT or nonce provided. Send the token printed by `lightabaco token` as "
@@ -136,7 +136,7 @@ class AuthMiddleware:
         raise AbacoError(NO_CREDENTIALS, 400)
 
     def redeem_nonce(self, path: str, method: str, nonce_id: str, api_server: str) -> Identity:
-        from lightabaco.core.aliases import actor_exists, is_hashid, resolve_actor_id
+        from lightabaco.sharing.aliases import actor_exists, is_hashid, resolve_actor_id
 
         segs = resource_segments(path)
         if segs is None or not segs:

@@ -8,9 +8,9 @@ from typing import Any, Callable, TypeVar
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from lightabaco.core import busy
-from lightabaco.core.identity import Identity
-from lightabaco.core.serialize import to_case
+from lightabaco.abaco import busy
+from lightabaco.sharing.identity import Identity
+from lightabaco.protocol.serialize import to_case
 from lightabaco.http.envelope import JSONEnvelope, ok
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import ClientDisconnect, Request
 
-from lightabaco.core.errors import AbacoError, ValidationError
+from lightabaco.protocol.errors import AbacoError, ValidationError
 
 NO_JSON = object()
 

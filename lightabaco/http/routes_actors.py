@@ -6,7 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lightabaco.core import actors, hooks, state
+from lightabaco.abaco import actors, state
+from lightabaco.queries import search
 from lightabaco.http.common import (call, has_search_params, identity_of, respond, services_of)
 from lightabaco.http.envelope import ok
 from lightabaco.http.parsing import NO_JSON, merged_fields
@@ -21,7 +22,7 @@ async def search_or(request: Request, kind: str, actor_identifier: str | None = 
     if actor_identifier is not None:
         actor = await call(actors.load, services, identity, actor_identifier, "READ")
     params = dict(request.query_params.items())
-    result = await call(hooks.search, services, identity, kind, params, actor)
+    result = await call(search.search, services, identity, kind, params, actor)
     if result is None:
         return None
     messages = {"actors": "Actors search completed successfully.",

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lightabaco.core import admin
+from lightabaco.queries import admin
 from lightabaco.http.common import call, identity_of, respond, services_of
 from lightabaco.http.envelope import ok
 from lightabaco.http.parsing import merged_fields

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lightabaco.core import executions
+from lightabaco.abaco import executions
 from lightabaco.http.common import call, identity_of, respond, services_of
 from lightabaco.http.envelope import ok
 from lightabaco.http.routes_actors import search_or

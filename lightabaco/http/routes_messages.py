@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lightabaco.core import executions, messages
-from lightabaco.core.errors import AbacoError, ValidationError
-from lightabaco.core.serialize import to_case
+from lightabaco.abaco import executions, messages
+from lightabaco.protocol.errors import AbacoError, ValidationError
+from lightabaco.protocol.serialize import to_case
 from lightabaco.http.common import call, identity_of, respond, services_of
 from lightabaco.http.envelope import error, ok
 from lightabaco.http.parsing import form_fields, media_type, parse_json, query_fields, read_body

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lightabaco.core import search
+from lightabaco.queries import search
 from lightabaco.http.common import call, identity_of, services_of
 from lightabaco.http.envelope import ok
 

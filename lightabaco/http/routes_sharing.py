@@ -8,8 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lightabaco.core import actors, aliases, configs, nonces
-from lightabaco.core import permissions as perms
+from lightabaco.abaco import actors
+from lightabaco.sharing import aliases, configs, nonces
+from lightabaco.sharing import permissions as perms
 from lightabaco.http.common import call, identity_of, respond, services_of
 from lightabaco.http.envelope import ok
 from lightabaco.http.parsing import merged_fields

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lightabaco.core import workers
-from lightabaco.core.fields import FieldSpec, parse
+from lightabaco.abaco import workers_api as workers
+from lightabaco.protocol.fields import FieldSpec, parse
 from lightabaco.http.common import call, identity_of, respond, services_of
 from lightabaco.http.envelope import ok
 from lightabaco.http.parsing import merged_fields

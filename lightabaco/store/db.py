@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import peewee
 
+from lightabaco.store.handle import database  # the models bind to it (handle.py), db binds it to a file
+
 if TYPE_CHECKING:
     from lightabaco.config import Settings
 
 log = logging.getLogger(__name__)
 
-database = peewee.DatabaseProxy()
 LOCK_WAIT_S = 10.0
 
 SQLITE_PRAGMAS = {

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import peewee
 
-from lightabaco.store.db import database
+from lightabaco.store.handle import database
 
 M = TypeVar("M", bound=peewee.Model)
 _select_cache: dict[tuple[type, str], tuple[str, list[peewee.Field]]] = {}

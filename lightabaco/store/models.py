@@ -12,7 +12,7 @@ from typing import Any
 
 import peewee
 
-from lightabaco.store.db import database
+from lightabaco.store.handle import database
 
 
 class JSONField(peewee.TextField):
@@ -71,7 +71,7 @@ class Actor(BaseModel):
     last_update_time = peewee.FloatField()
     seq = peewee.IntegerField(default=0, index=True)  # creation order for listings
     # Names (or PREFIX* entries) of variables that message senders may set although they are refused
-    # by default (lightabaco/core/message_env.py); only the owner (UPDATE) sets it. NULL = none.
+    # by default (lightabaco/abaco/message_env.py); only the owner (UPDATE) sets it. NULL = none.
     message_env_allow = JSONField(null=True, default=list)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import peewee
 
-from lightabaco.store.db import database
+from lightabaco.store.handle import database
 
 
 class SharingModel(peewee.Model):

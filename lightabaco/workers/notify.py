@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightabaco.core.doorbell import Ringer
+from lightabaco.abaco.doorbell import Ringer
 from lightabaco.store.models import Worker
 
 SUPERVISOR = "sup"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lightabaco.config import Settings
-from lightabaco.sandbox.images.registry import PullLimits, pull_options
+from lightabaco.images.registry import PullLimits, pull_options
 from lightabaco.sandbox.netpolicy import AddressPolicy, parse_hosts
 
 log = logging.getLogger("lightabaco.puller")
@@ -51,7 +51,7 @@ def pull_for_actor(services: Any, image: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lightabaco.core.services import Services
+    from lightabaco.abaco.services import Services
     from lightabaco.store import db
     from lightabaco.store.models import Actor
     from lightabaco.workers.notify import DoorbellNotifier

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightabaco.core import hooks, result_quota
-from lightabaco.core.actors import mem_bytes
-from lightabaco.core.environment import build_env
-from lightabaco.core.messages import BINARY
-from lightabaco.core.serialize import display_time
+from lightabaco.abaco import result_quota, signals
+from lightabaco.abaco.actors import mem_bytes
+from lightabaco.abaco.environment import build_env
+from lightabaco.abaco.messages import BINARY
+from lightabaco.protocol.serialize import display_time
 from lightabaco.sandbox.types import ExecResult, ExecSpec, Limits, PreparedImage
 from lightabaco.store import fast, mailbox
 from lightabaco.store.db import database, write_tx
@@ -244,7 +244,7 @@ class Runner:
             Path(log_path).unlink(missing_ok=True)
         except OSError:
             pass
-        hooks.emit(self.services, actor, "EXECUTION_COMPLETE", execution_id=claimed.execution_id,
+        signals.emit(self.services, actor, signals.EXECUTION_COMPLETE, execution_id=claimed.execution_id,
                    status="ERROR" if platform_failure else "COMPLETE", exit_code=exit_code)
 
     def finish_error(self, claimed: Claimed, actor: Actor, reason: str) -> None:

@@ -24,8 +24,8 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from lightabaco.core import workers as worker_records
-from lightabaco.core.doorbell import Doorbell
+from lightabaco.abaco import workers as worker_records
+from lightabaco.abaco.doorbell import Doorbell
 from lightabaco.store import mailbox
 from lightabaco.store.db import write_tx
 from lightabaco.store.models import Actor, Execution, Message, Worker

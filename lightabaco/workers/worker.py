@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from lightabaco.config import Settings
-from lightabaco.core import hooks
-from lightabaco.core.doorbell import Doorbell
-from lightabaco.core.services import Services
+from lightabaco.abaco import signals
+from lightabaco.abaco.doorbell import Doorbell
+from lightabaco.abaco.services import Services
+from lightabaco.automation.subscriptions import subscribe as subscribe_automation
 from lightabaco.sandbox.errors import ImageNotFound
 from lightabaco.store import db
 from lightabaco.store.db import write_tx
@@ -60,7 +61,7 @@ def actor_error(services: Services, actor: Actor, revision: int, worker_id: str,
             (Actor.dbid == actor.dbid) & (Actor.revision == revision)).execute()
         Worker.delete().where(Worker.id == worker_id).execute()
     actor.status_message = message
-    hooks.emit(services, actor, "ACTOR_ERROR", status_message=message)
+    signals.emit(services, actor, signals.ACTOR_ERROR, status_message=message)
 
 
 def image_error(services: Services, actor: Actor, revision: int, worker_id: str, exc: BaseException) -> None:
@@ -144,7 +145,7 @@ class WorkerProcess:
         if became:
             actor = Actor.get_or_none(Actor.dbid == self.actor_dbid)
             if actor is not None:
-                hooks.emit(self.services, actor, "ACTOR_READY", status_message=" ")
+                signals.emit(self.services, actor, signals.ACTOR_READY, status_message=" ")
 
     def run(self) -> int:
         bell = Doorbell(self.settings.home, worker_name(self.worker_id))
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     db.connect(settings, create=False)
     services = Services(settings, notifier=DoorbellNotifier(settings.home))
+    subscribe_automation()  # this process emits ACTOR_READY/ERROR and EXECUTION_COMPLETE
     proc = WorkerProcess(services, args.worker_id, args.actor, args.revision)
     try:
         return proc.run()

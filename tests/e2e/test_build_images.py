@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from lightabaco.sandbox.backend import get_backend, run
-from lightabaco.sandbox.bases import find_busybox
-from lightabaco.sandbox.build import build
-from lightabaco.sandbox.containerfile import BuildError
-from lightabaco.sandbox.images import ImageStore
+from lightabaco.build.bases import find_busybox
+from lightabaco.build.builder import build
+from lightabaco.build.containerfile import BuildError
+from lightabaco.images import ImageStore
 from lightabaco.sandbox.types import ExecSpec, Limits
 from tests.fixtures.samples import reachable_tmpdir
 

@@ -23,8 +23,8 @@ SCRIPT = r'''
 import json, sys, tarfile
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from lightabaco.sandbox.build import build_layout
-from lightabaco.sandbox.oci_write import read_layout
+from lightabaco.build.builder import build_layout
+from lightabaco.build.oci_write import read_layout
 
 class NoStore:
     def get(self, ref):

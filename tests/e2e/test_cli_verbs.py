@@ -11,7 +11,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from lightabaco.cli import main
+from lightabaco.cli.commands import main
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

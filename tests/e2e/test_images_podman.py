@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from lightabaco.sandbox.images import ImageStore
+from lightabaco.images import ImageStore
 
 pytestmark = pytest.mark.e2e
 PODMAN = shutil.which("podman")

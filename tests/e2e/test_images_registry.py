@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lightabaco.sandbox.errors import ImageError, ImageNotFound, RegistryAuthError, RegistryError
-from lightabaco.sandbox.images import ImageStore
+from lightabaco.images import ImageStore
 from tests.fixtures.oci import OciLayoutWriter, dir, file, host_arch
 from tests.fixtures.registry import Registry, free_port
 
@@ -223,8 +223,8 @@ def test_concurrent_pulls_share_one_download_and_rootfs(registry: Registry, tmp_
 
 
 def test_loopback_registry_with_self_signed_tls(tls_registry: Registry, tmp_path: Path) -> None:
-    from lightabaco.sandbox.images import parse_reference
-    from lightabaco.sandbox.images.registry import RegistryClient
+    from lightabaco.images import parse_reference
+    from lightabaco.images.registry import RegistryClient
 
     w = image("tls")
     tls_registry.push_image(w, "e2e/tls", "1")

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from lightabaco.sandbox.images import ImageStore
+from lightabaco.images import ImageStore
 from tests.fixtures.oci import busybox_layout, tiny_actor_layout
 
 pytestmark = pytest.mark.e2e

@@ -38,7 +38,7 @@ PLATFORM_LINE = "[lightabaco] "  # how the service marks a line it appended to a
 
 
 def import_sh_image(home: Path, cache_dir: Path) -> None:
-    from lightabaco.sandbox.images import ImageStore
+    from lightabaco.images import ImageStore
 
     layout = cache_dir / "qualitybar-sh"
     if not layout.exists():

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lightabaco.sandbox.build import build
+from lightabaco.build.builder import build
 from tests.fixtures.samples import reachable_tmpdir
 
 pytestmark = pytest.mark.e2e

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from lightabaco.samples import build_sample, sample_by_name
+from lightabaco.cli.samples import build_sample, sample_by_name
 from lightabaco.sandbox.backend import get_backend, run
-from lightabaco.sandbox.containerfile import BuildError
-from lightabaco.sandbox.images import ImageStore
+from lightabaco.build.containerfile import BuildError
+from lightabaco.images import ImageStore
 from lightabaco.sandbox.types import ExecSpec, Limits
 from tests.fixtures.samples import reachable_tmpdir, test_cache_dir
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def store(sandbox_dir: Path):  # -> ImageStore
-    from lightabaco.sandbox.images import ImageStore
+    from lightabaco.images import ImageStore
 
     return ImageStore(sandbox_dir / "images")
 

@@ -69,7 +69,7 @@ def flood_elf(count: int, size: int) -> bytes:
 
 
 def import_flood_images(home: Path, layouts: Path) -> None:
-    from lightabaco.sandbox.images import ImageStore
+    from lightabaco.images import ImageStore
     from tests.fixtures.oci import OciLayoutWriter, dir, file, host_arch
 
     if host_arch() != "amd64":

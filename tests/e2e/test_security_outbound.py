@@ -17,8 +17,8 @@ import requests
 
 from lightabaco.sandbox import netpolicy
 from lightabaco.sandbox.errors import RegistryError
-from lightabaco.sandbox.images import ImageStore
-from lightabaco.sandbox.images.registry import PullLimits, pull_options
+from lightabaco.images import ImageStore
+from lightabaco.images.registry import PullLimits, pull_options
 from lightabaco.sandbox.netpolicy import AddressPolicy
 from tests.fixtures.registry import HostileRegistry, Registry
 

@@ -9,8 +9,8 @@ import warnings
 
 import jwt
 
-from lightabaco import users_cli
-from lightabaco.core import auth
+from lightabaco.cli import users as users_cli
+from lightabaco.sharing import auth
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx`")

@@ -12,9 +12,9 @@ from pathlib import Path
 import jwt
 import pytest
 
-from lightabaco.core import auth
-from lightabaco.core.errors import AuthenticationError
-from lightabaco.core.identity import ADMIN, PRIVILEGED, USER
+from lightabaco.sharing import auth
+from lightabaco.protocol.errors import AuthenticationError
+from lightabaco.sharing.identity import ADMIN, PRIVILEGED, USER
 
 
 def test_owner_token_file_is_private_and_stable(sharing_env):
@@ -162,7 +162,7 @@ def test_verification_cache_is_short_and_forgettable(sharing_env, monkeypatch):
 
 
 def _owner_token_in_child(home: str, queue) -> None:  # module level: picklable for spawn
-    from lightabaco.core import auth as auth_mod
+    from lightabaco.sharing import auth as auth_mod
 
     queue.put(auth_mod.ensure_owner_token(Path(home)))
 
@@ -171,7 +171,7 @@ def test_owner_token_created_once_when_processes_start_together(tmp_path):
     """The Procfile starts `api` and `workers` at once on a fresh home: both must end up with one token."""
     import multiprocessing
 
-    from lightabaco.core import auth as auth_mod
+    from lightabaco.sharing import auth as auth_mod
 
     ctx = multiprocessing.get_context("fork")
     for i in range(5):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lightabaco.sandbox import bases
-from lightabaco.sandbox.containerfile import BuildError
-from lightabaco.sandbox.oci_write import read_layout
+from lightabaco.build import bases
+from lightabaco.build.containerfile import BuildError
+from lightabaco.build.oci_write import read_layout
 
 
 def test_mirror_from_deb822_sources(tmp_path: Path):

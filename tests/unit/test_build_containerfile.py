@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightabaco.sandbox.containerfile import BuildError, command, expand, key_values, parse, sources_and_dest
+from lightabaco.build.containerfile import BuildError, command, expand, key_values, parse, sources_and_dest
 
 
 def test_continuations_comments_flags_and_forms():

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lightabaco.sandbox.build import build_layout, resolve_in_root
-from lightabaco.sandbox.containerfile import BuildError
-from lightabaco.sandbox.oci_write import diff, read_layout, snapshot
+from lightabaco.build.builder import build_layout, resolve_in_root
+from lightabaco.build.containerfile import BuildError
+from lightabaco.build.oci_write import diff, read_layout, snapshot
 
 
 class NoStore:

@@ -6,7 +6,7 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from lightabaco import cli
+from lightabaco.cli import commands as cli
 from lightabaco.config import ENV_PREFIX, Settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

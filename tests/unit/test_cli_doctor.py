@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightabaco import doctor
+from lightabaco.cli import doctor
 
 
 def _reader(values: dict[str, str]):

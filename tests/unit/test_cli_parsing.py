@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lightabaco import cli
-from lightabaco.client import Client, ClientError, resolve_token, resolve_url
-from lightabaco.progress import ProgressBar, make_progress
+from lightabaco.cli import commands as cli
+from lightabaco.cli.client import Client, ClientError, resolve_token, resolve_url
+from lightabaco.cli.progress import ProgressBar, make_progress
 
 
 def test_global_options_before_or_after_the_verb():

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from lightabaco.core import cron
-from lightabaco.core.errors import AbacoError
+from lightabaco.abaco import schedule as cron
+from lightabaco.protocol.errors import AbacoError
 
 NOW = dt.datetime(2026, 11, 28, 4, 30)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from lightabaco.core import cron
+from lightabaco.automation import cron
 from lightabaco.store.models import Actor, Execution, Message
 
 

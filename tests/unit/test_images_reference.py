@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lightabaco.sandbox.errors import ImageError
-from lightabaco.sandbox.images import normalize, parse_reference
-from lightabaco.sandbox.images.reference import is_image_id
+from lightabaco.images import normalize, parse_reference
+from lightabaco.images.reference import is_image_id
 
 D = "sha256:" + "ab" * 32
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lightabaco.sandbox.errors import RegistryAuthError
-from lightabaco.sandbox.images.registry import credentials_for, parse_challenge
+from lightabaco.images.registry import credentials_for, parse_challenge
 
 
 def test_parse_bearer_and_basic_challenges() -> None:
@@ -58,8 +58,8 @@ def test_credentials_are_not_forwarded_on_redirect_to_another_host(clean_env: Pa
     import http.server
     import threading
 
-    from lightabaco.sandbox.images import parse_reference
-    from lightabaco.sandbox.images.registry import RegistryClient
+    from lightabaco.images import parse_reference
+    from lightabaco.images.registry import RegistryClient
 
     data = b"blob bytes"
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -109,8 +109,8 @@ def test_credentials_are_not_forwarded_on_redirect_to_another_host(clean_env: Pa
 
 
 def test_loopback_registries_bypass_environment_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lightabaco.sandbox.images import parse_reference
-    from lightabaco.sandbox.images.registry import RegistryClient
+    from lightabaco.images import parse_reference
+    from lightabaco.images.registry import RegistryClient
 
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lightabaco.sandbox.errors import ImageError, ImageNotFound
-from lightabaco.sandbox.images import ImageStore
+from lightabaco.images import ImageStore
 from tests.fixtures.oci import (OciLayoutWriter, busybox_layout, canonical_json, dir, file, host_arch,
                                 image_index, symlink)
 

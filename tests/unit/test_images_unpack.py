@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lightabaco.sandbox.errors import ImageError
-from lightabaco.sandbox.images import ImageStore, UnpackLimits
-from lightabaco.sandbox.images.unpack import LayerSource, Unpacker, prepare_rootfs, secure_resolve
+from lightabaco.images import ImageStore, UnpackLimits
+from lightabaco.images.unpack import LayerSource, Unpacker, prepare_rootfs, secure_resolve
 from tests.fixtures.oci import (OciLayoutWriter, chardev, dir, fifo, file, hardlink, opaque, sha256, symlink,
                                 tar_bytes, whiteout)
 

@@ -6,7 +6,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from lightabaco.core import messages
+from lightabaco.abaco import messages
 from lightabaco.sandbox.types import ExecResult
 from lightabaco.store.models import Execution, Log
 from lightabaco.workers import runner as runner_mod

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lightabaco.core import search
+from lightabaco.queries import search
 
 
 def test_like_pattern_is_linear_on_catastrophic_input():
@@ -47,7 +47,7 @@ def test_list_and_query_bounds(sharing_env):
 # -- request bodies ------------------------------------------------------------------------------------
 
 def test_deep_json_is_a_validation_error_not_a_recursion():
-    from lightabaco.core.errors import ValidationError
+    from lightabaco.protocol.errors import ValidationError
     from lightabaco.http import parsing
 
     for body in ("[" * 100_000 + "]" * 100_000, "{\"a\":" * 300 + "1" + "}" * 300):
@@ -62,7 +62,7 @@ def test_deep_json_is_a_validation_error_not_a_recursion():
 def test_a_held_write_lock_becomes_database_busy_within_the_bound(sharing_env):
     import sqlite3
 
-    from lightabaco.core import busy
+    from lightabaco.abaco import busy
     from lightabaco.store import db
     from lightabaco.store.models import Actor
 

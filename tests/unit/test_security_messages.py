@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lightabaco.core import environment, message_env
+from lightabaco.abaco import environment
+from lightabaco.abaco import message_env
 from lightabaco.store.models import Actor, Execution, Message
 
 
@@ -197,7 +198,7 @@ def test_existing_database_gets_the_new_column(tmp_path):
 def run_one(service_env, results, **actor_fields):
     """Send one message to a new actor (with the fake backend from test_service_runner sending
     `results`) and run it through the real Runner; returns the execution row."""
-    from lightabaco.core import actors, messages
+    from lightabaco.abaco import actors, messages
     from lightabaco.store.models import Worker
     from lightabaco.workers.runner import claim_next
     from tests.unit.test_service_runner import FakeBackend, make_runner
@@ -247,7 +248,8 @@ def test_no_note_when_within_quota(service_env):
 
 
 def test_per_owner_quota_spans_actors_and_reading_gives_room_back(service_env):
-    from lightabaco.core import executions, result_quota
+    from lightabaco.abaco import executions
+    from lightabaco.abaco import result_quota
 
     s = service_env.services
     s.settings.results_max_count_per_user = 7
@@ -273,7 +275,7 @@ def test_per_owner_quota_holds_under_concurrent_writers(service_env):
     insert's transaction never lets the total pass the cap (threads here; each has its own connection)."""
     import threading
 
-    from lightabaco.core import result_quota
+    from lightabaco.abaco import result_quota
     from lightabaco.store.models import Result
 
     s = service_env.services
@@ -301,7 +303,8 @@ def test_per_owner_quota_holds_under_concurrent_writers(service_env):
 
 
 def test_housekeeping_recomputes_usage_and_drops_deleted_actors_results(service_env):
-    from lightabaco.core import actors, housekeeping, result_quota
+    from lightabaco.abaco import actors, housekeeping
+    from lightabaco.abaco import result_quota
     from lightabaco.store.models import Result, ResultUsage
 
     s = service_env.services
@@ -321,7 +324,7 @@ def test_housekeeping_recomputes_usage_and_drops_deleted_actors_results(service_
 
 
 def test_rerun_discards_its_results_and_their_quota(service_env):
-    from lightabaco.core import result_quota
+    from lightabaco.abaco import result_quota
 
     ex, _ = run_one(service_env, [b"q"] * 3)
     result_quota.discard(ex.dbid, result_quota.owner_key("DEV", "admin"))
@@ -355,7 +358,8 @@ def test_queue_cap_per_sender(sharing_client):
 
 
 def test_queue_cap_does_not_apply_to_platform_messages(service_env):
-    from lightabaco.core import actors, cron, messages
+    from lightabaco.abaco import actors, messages
+    from lightabaco.automation import cron
 
     s = service_env.services
     s.settings.max_queued_messages_per_user = 1
@@ -435,7 +439,7 @@ def test_fuzz_message_and_actor_parsers(sharing_env):
 
     from urllib.parse import urlencode
 
-    from lightabaco.core import auth
+    from lightabaco.sharing import auth
     from lightabaco.http.app import create_app
 
     with warnings.catch_warnings():

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from lightabaco.core import events
-from lightabaco.core.errors import ValidationError
+from lightabaco.automation import events
+from lightabaco.protocol.errors import ValidationError
 from lightabaco.sandbox import netpolicy
 from lightabaco.sandbox.netpolicy import AddressPolicy, AddressRefused, is_public, parse_hosts
 from lightabaco.store.sharing import EventDelivery

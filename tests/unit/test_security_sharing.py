@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from lightabaco.core import actors, aliases, auth, configs
-from lightabaco.core.errors import PermissionDenied
+from lightabaco.abaco import actors
+from lightabaco.sharing import aliases, auth, configs
+from lightabaco.protocol.errors import PermissionDenied
 from lightabaco.store import db
 from lightabaco.store.sharing import ActorConfig, ConfigBinding, SchemaStep
 
@@ -50,7 +51,7 @@ def test_deleting_an_actor_drops_its_bindings(sharing_env):
 
 
 def test_update_on_every_named_actor_and_alias_is_required(sharing_env):
-    from lightabaco.core import permissions as perms
+    from lightabaco.sharing import permissions as perms
 
     env = sharing_env
     alice, bob = env.user("alice"), env.user("bob")

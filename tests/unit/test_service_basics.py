@@ -8,9 +8,9 @@ import pytest
 
 from lightabaco import ids
 from lightabaco.config import Settings, SettingsError
-from lightabaco.core.errors import ValidationError
-from lightabaco.core.fields import FieldSpec, boolean, parse
-from lightabaco.core.serialize import display_time, to_case, under_to_camel
+from lightabaco.protocol.errors import ValidationError
+from lightabaco.protocol.fields import FieldSpec, boolean, parse
+from lightabaco.protocol.serialize import display_time, to_case, under_to_camel
 
 
 def test_ids_are_abaco_hashids_and_aliases_are_not():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lightabaco.core import actors, environment, executions, messages, state, workers
-from lightabaco.core.errors import NotFound, PermissionDenied, ValidationError
+from lightabaco.abaco import actors, environment, executions, messages, state, workers_api
+from lightabaco.protocol.errors import NotFound, PermissionDenied, ValidationError
 from lightabaco.store.models import Actor, Execution, Message, Worker
 
 
@@ -118,14 +118,14 @@ def test_executions_force_quit_and_results(service_env):
 def test_workers_admin_api_and_delete_actor(service_env):
     s, admin, user = service_env.services, service_env.admin(), service_env.user()
     a = actors.create_actor(s, admin, {"image": "img"})
-    assert workers.add_workers(s, admin, a["id"], 3).startswith("Scheduled 2 new worker(s)")
-    assert workers.add_workers(s, admin, a["id"], 2) == f"Actor {a['id']} already had 2 worker(s)."
+    assert workers_api.add_workers(s, admin, a["id"], 3).startswith("Scheduled 2 new worker(s)")
+    assert workers_api.add_workers(s, admin, a["id"], 2) == f"Actor {a['id']} already had 2 worker(s)."
     with pytest.raises(PermissionDenied, match="only admins"):
-        workers.add_workers(s, user, a["id"], 1)
-    listed = workers.list_workers(s, admin, a["id"])
+        workers_api.add_workers(s, user, a["id"], 1)
+    listed = workers_api.list_workers(s, admin, a["id"])
     assert len(listed) == 3 and listed[0]["last_execution_time"] == "None"
     with pytest.raises(NotFound, match="Worker not found."):
-        workers.get_worker(s, admin, a["id"], "nope")
+        workers_api.get_worker(s, admin, a["id"], "nope")
     sent = messages.send_message(s, admin, a["id"], "x", messages.STR, {})
     actors.delete_actor(s, admin, a["id"])
     with pytest.raises(NotFound):
@@ -150,7 +150,7 @@ def test_token_actor_gets_an_access_token(service_env):
 
 
 def test_housekeeping_expires_logs_and_results(service_env):
-    from lightabaco.core import housekeeping
+    from lightabaco.abaco import housekeeping
     from lightabaco.store.models import Log, Result
 
     s = service_env.services

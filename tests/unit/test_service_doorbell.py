@@ -6,7 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from lightabaco.core.doorbell import Doorbell, ExecutionWaiter, Ringer
+from lightabaco.abaco.doorbell import Doorbell, ExecutionWaiter, Ringer
 
 
 def test_ring_reaches_only_the_same_home(tmp_path: Path):

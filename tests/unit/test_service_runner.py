@@ -7,8 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from lightabaco.core import actors, messages
-from lightabaco.core.doorbell import Doorbell
+from lightabaco.abaco import actors, messages
+from lightabaco.abaco.doorbell import Doorbell
 from lightabaco.sandbox.types import ExecResult, ExecSpec
 from lightabaco.store import mailbox
 from lightabaco.store.models import Actor, Execution, Log, Message, Result, Worker

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from lightabaco.core import nonces
-from lightabaco.core.errors import AbacoError
+from lightabaco.sharing import nonces
+from lightabaco.protocol.errors import AbacoError
 
 
 def res(r):
@@ -193,7 +193,7 @@ def test_nonce_use_counts_are_exact_under_concurrency(sharing_env):
 
 def test_concurrent_sharing_writes_do_not_hit_database_locked(sharing_env):
     """Read-then-write transactions take SQLite's write lock up front; concurrent writers just queue."""
-    from lightabaco.core import aliases, configs, permissions
+    from lightabaco.sharing import aliases, configs, permissions
 
     actor = sharing_env.make_actor(sharing_env.owner)
     errors: list[BaseException] = []

@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lightabaco.core import configs, events
+from lightabaco.sharing import configs, links
+from lightabaco.automation import events
 from lightabaco.store.models import Execution, Message
 from lightabaco.store.sharing import ActorConfig, EventDelivery
 
@@ -61,7 +62,7 @@ def test_configs_flow(sharing_client):
 
 def test_secret_is_encrypted_at_rest_and_delivered_decrypted(sharing_env):
     actor = sharing_env.make_actor(sharing_env.owner)
-    from lightabaco.core import aliases
+    from lightabaco.sharing import aliases
 
     aliases.create_alias(sharing_env.services, sharing_env.owner, {"alias": "bob", "actor_id": actor.id})
     configs.create_config(sharing_env.services, sharing_env.owner,
@@ -76,11 +77,11 @@ def test_secret_is_encrypted_at_rest_and_delivered_decrypted(sharing_env):
 
 
 def test_has_cycles_like_abacos_unit_tests():
-    assert not events.has_cycles({"A": "B", "B": "C", "C": "D"})
-    assert events.has_cycles({"A": "B", "B": "A"})
-    assert events.has_cycles({"A": "B", "B": "C", "C": "D", "D": "E", "E": "B"})
-    assert not events.has_cycles({"A": "J", "B": "J", "C": "J", "D": "A", "E": "B"})
-    assert events.has_cycles({"A": "B", "C": "C"})
+    assert not links.has_cycles({"A": "B", "B": "C", "C": "D"})
+    assert links.has_cycles({"A": "B", "B": "A"})
+    assert links.has_cycles({"A": "B", "B": "C", "C": "D", "D": "E", "E": "B"})
+    assert not links.has_cycles({"A": "J", "B": "J", "C": "J", "D": "A", "E": "B"})
+    assert links.has_cycles({"A": "B", "C": "C"})
 
 
 def test_links_refuse_self_cycles_and_unknown_targets(sharing_client):

@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 
 from lightabaco import ids
-from lightabaco.core import search
-from lightabaco.core.errors import AbacoError
+from lightabaco.queries import search
+from lightabaco.protocol.errors import AbacoError
 from lightabaco.store.models import Execution, Log, Worker
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc).timestamp()

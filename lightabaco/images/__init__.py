@@ -1,0 +1,23 @@
+"""The image store: import (OCI layout, oci-archive, docker-archive), registry pull, safe unpack.
+
+    from lightabaco.images import ImageStore, parse_reference
+    store = ImageStore(home / "images")
+    image = store.ensure("abacosamples/wc")     # local lookup, else pull from the registry
+    image.rootfs                                 # flattened tree to bind read-only as /
+    image.config.entrypoint, image.config.cmd    # ImageConfig (lightabaco.sandbox.types)
+
+Long operations take `progress(event, done, total, detail)`; events are "pull" (bytes downloaded),
+"unpack" (compressed bytes read) and "import" (images done); `total` may be None.
+
+Modules: `reference` (Docker reference parsing), `oci` (reading layouts and archives, platforms,
+image configs), `unpack` (the safe unpacker), `registry` (distribution API v2 client), `store`.
+
+May import: the standard library, zstandard and lightabaco.sandbox (types, errors, fsutil, pathwalk) only:
+like the sandbox, a library usable on its own.
+"""
+
+from .reference import Reference, normalize, parse_reference
+from .store import ImageStore
+from .unpack import UNPACKER_VERSION, UnpackLimits
+
+__all__ = ["ImageStore", "Reference", "parse_reference", "normalize", "UnpackLimits", "UNPACKER_VERSION"]

@@ -1,0 +1,10 @@
+"""The store: peewee models and the database they live in (SQLite in WAL mode, PostgreSQL when configured).
+
+`handle` (the database proxy), `models` (actors, messages, executions, workers, logs, results),
+`sharing` (users, permissions, nonces, aliases, configs, webhook deliveries), `db` (connect, create tables,
+write transactions), `fast` (cached statements for the message path), `mailbox` (enqueue, claim with a
+lease, ack, requeue).
+
+May import: peewee, the standard library, lightabaco.config and lightabaco.ids. Nothing above it: the
+lifecycle, sharing and workers call into the store, never the other way.
+"""
