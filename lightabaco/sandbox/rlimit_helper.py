@@ -36,6 +36,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 
 from .errors import ExecutionSetupError
 from .users import HostUser
@@ -56,6 +57,11 @@ class _ShmInfo(ctypes.Structure):
     _fields_ = [("used_ids", ctypes.c_int), ("shm_tot", ctypes.c_ulong), ("shm_rss", ctypes.c_ulong),
                 ("shm_swp", ctypes.c_ulong), ("swap_attempts", ctypes.c_ulong),
                 ("swap_successes", ctypes.c_ulong)]
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def _setns(fd: int, nstype: int) -> None:
@@ -82,6 +88,12 @@ def _watch_ipc(pid: int, sysctls: bytes, sock: socket.socket) -> None:
         _setns(ipc, _CLONE_NEWIPC)
         os.close(owner)
         os.close(ipc)
+        # bwrap reports pid 1 as soon as it is cloned, and pid 1 writes its user namespace's uid map
+        # itself, racing with us: until it has, the namespace has no root and the writes below are
+        # refused (seen in about one run in five). Wait for the map (a few ms at most).
+        deadline = time.monotonic() + 2.0
+        while not _read_text("/proc/self/uid_map").strip() and time.monotonic() < deadline:
+            time.sleep(0.0005)
         # /proc/sys/kernel/* shows, and writes, the IPC namespace of the writer, whatever the mount.
         for line in sysctls.decode().splitlines():
             name, _, value = line.partition("=")

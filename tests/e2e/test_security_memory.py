@@ -206,3 +206,64 @@ def test_live_server_actor_with_mem_limit_is_stopped(sample_server, sample_image
     assert "of memory, over the 64 MiB limit" in str(ex), ex
     assert "of memory, over the 64 MiB limit" in logs.splitlines()[-1], logs[-500:]
     assert "HELD ALL" not in logs and _held(logs) <= 160, logs
+
+
+UNPRIVILEGED_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from lightabaco.sandbox.backend import get_backend
+from lightabaco.sandbox.types import ExecSpec, ImageConfig, Limits, PreparedImage
+
+rootfs, scratch, codes = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text())
+image = PreparedImage("sha256:" + "2" * 64, rootfs, ImageConfig(cmd=["/bin/true"]))
+backend = get_backend("bwrap", scratch=scratch)
+out = {}
+for name, code in codes.items():
+    res = backend.run(ExecSpec(image=image, cmd=["/usr/bin/python3", "-c", code],
+                               mounts=[(Path("/usr"), "/usr", True)],
+                               limits=Limits(wall_timeout_s=20, memory_bytes=64 << 20)))
+    out[name] = {"reason": res.reason, "exit_code": res.exit_code, "timed_out": res.timed_out,
+                 "log": Path(res.log_path).read_text(errors="replace")}
+print(json.dumps(out))
+"""
+
+
+def test_attacks_fail_when_lightabaco_runs_unprivileged(unprivileged_user, python_rootfs, sandbox_dir):
+    """The IPC helper runs as ourselves then: the caps and the SysV count must still hold."""
+    import json
+    import os
+    import pwd
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if python_mounts() != [(Path("/usr"), "/usr", True)]:
+        pytest.skip("this host's Python needs more than /usr")
+    python = "/usr/bin/python3" if os.geteuid() == 0 else sys.executable
+    pw = pwd.getpwnam(unprivileged_user)
+    work = sandbox_dir / "as-user"
+    work.mkdir()
+    os.chown(work, pw.pw_uid, pw.pw_gid)
+    (work / "run.py").write_text(UNPRIVILEGED_SCRIPT)
+    check = "print(open('/proc/sys/kernel/shmmax').read().strip(), open('/proc/sys/kernel/shmall').read().strip())"
+    (work / "codes.json").write_text(json.dumps({"sysv": SYSV_ATTACK, "memfd": MEMFD_ATTACK,
+                                                 "check": check}))
+    repo = Path(__file__).resolve().parents[2]
+    argv = [python, str(work / "run.py"), str(python_rootfs), str(work / "exec"), str(work / "codes.json")]
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        if runuser is None:
+            pytest.skip("runuser is missing")
+        argv = [runuser, "-u", unprivileged_user, "--", "env", f"PYTHONPATH={repo}"] + argv
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["check"]["exit_code"] == 0, out["check"]
+    assert out["check"]["log"].split() == [str(64 << 20), str((64 << 20) // 4096)], out["check"]
+    for name in ("sysv", "memfd"):
+        r = out[name]
+        assert not r["timed_out"] and r["exit_code"] == 137, (name, r)
+        assert "of memory, over the 64 MiB limit" in r["reason"], (name, r)
+        assert "HELD ALL" not in r["log"] and _held(r["log"]) <= 160, (name, r)
+    assert "one big segment: refused errno 22" in out["sysv"]["log"], out["sysv"]
