@@ -267,3 +267,35 @@ def test_attacks_fail_when_lightabaco_runs_unprivileged(unprivileged_user, pytho
         assert "of memory, over the 64 MiB limit" in r["reason"], (name, r)
         assert "HELD ALL" not in r["log"] and _held(r["log"]) <= 160, (name, r)
     assert "one big segment: refused errno 22" in out["sysv"]["log"], out["sysv"]
+
+
+@pytest.fixture(scope="module")
+def podman_backend(tmp_path_factory):  # -> PodmanBackend
+    import shutil
+
+    from lightabaco.sandbox.podman import PodmanBackend, short_run_dir
+
+    base = tmp_path_factory.mktemp("podman-memory")
+    base.chmod(0o711)
+    backend = PodmanBackend(base / "exec")
+    report = backend.probe()
+    if not report.usable:
+        pytest.skip("podman is not usable here: " + "; ".join(report.reasons))
+    yield backend
+    shutil.rmtree(short_run_dir(backend.base), ignore_errors=True)
+
+
+def test_podman_ipc_limits_and_shared_memory_attack(podman_backend, py_image, make_spec):
+    check = ("print(open('/proc/sys/kernel/shmmax').read().strip(),"
+             " open('/proc/sys/kernel/shmall').read().strip())\n"
+             "import os\nprint('shm', os.statvfs('/dev/shm').f_blocks * os.statvfs('/dev/shm').f_frsize)\n")
+    res = podman_backend.run(_spec(make_spec, py_image, check, timeout=120))
+    log = res.log_path.read_text(errors="replace")
+    assert res.exit_code == 0, (res.reason, log)
+    assert f"{64 << 20} {(64 << 20) // 4096}" in log and f"shm {64 << 20}" in log, log
+    res = podman_backend.run(_spec(make_spec, py_image, SYSV_ATTACK, timeout=120))
+    log = res.log_path.read_text(errors="replace")
+    assert "one big segment: refused errno 22" in log, log
+    # Rootful: the memory cgroup kills it (137); rootless: the watchdog. Never all of it held.
+    assert res.exit_code == 137 and "HELD ALL" not in log and _held(log) <= 160, (res.reason, log)
+
