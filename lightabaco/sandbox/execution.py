@@ -58,6 +58,9 @@ class LaunchPlan:
     close_after_spawn: list[int] = field(default_factory=list)  # our copies of fds the child keeps
     user: int | None = None  # host uid/gid to run the runtime as (when lightabaco runs as root)
     group: int | None = None
+    # Working directory of the runtime: conmon (podman) writes an empty `oom` file into its cwd
+    # when the memory cgroup kills the container; keep that in the execution's own dir.
+    cwd: str | None = None
     status_fd: int = -1  # read end of the runtime's status pipe (bwrap --json-status-fd), if any
     block_fd: int = -1  # write end of bwrap --block-fd: written once rlimits are applied
     rlimits: list[tuple[int, tuple[int, int]]] = field(default_factory=list)  # prlimit()ed on pid 1
@@ -222,7 +225,7 @@ class MonitoredExecution:
             self.proc = subprocess.Popen(
                 plan.argv, env=plan.env, stdin=subprocess.DEVNULL,
                 stdout=self._logs.write_fd, stderr=self._logs.write_fd,
-                pass_fds=plan.pass_fds, close_fds=True,
+                pass_fds=plan.pass_fds, close_fds=True, cwd=plan.cwd,
                 user=plan.user, group=plan.group,
                 extra_groups=[] if plan.user is not None else None,
             )

@@ -276,7 +276,7 @@ class PodmanBackend:
                     ch.close()
             exec_dir.remove()
             raise
-        plan = LaunchPlan(argv=argv, env=dict(self._env or {}))
+        plan = LaunchPlan(argv=argv, env=dict(self._env or {}), cwd=str(exec_dir.path))
         ex = PodmanExecution(spec, exec_dir, plan, logs, results, spec.limits.pids or self.max_procs,
                              podman=self.podman, env=plan.env, runtime=runtime,
                              cidfile=exec_dir.path / "cid")
