@@ -27,7 +27,7 @@ from . import probe as probe_mod
 from . import seccomp
 from .channels import LogSink, ResultsSocket, write_binary_data
 from .errors import BackendUnavailable, ExecutionSetupError
-from .execution import DEFAULT_MAX_PROCS, LaunchPlan, MonitoredExecution
+from .execution import DEFAULT_MAX_PROCS, LaunchPlan, MonitoredExecution, ipc_sysctls
 from .rlimit_helper import RlimitHelper
 from .scratch import ExecDir, Scratch, new_execution_id
 from .types import ExecResult, ExecSpec, ProbeReport
@@ -174,12 +174,11 @@ class BwrapBackend:
         self._probe_lock = threading.Lock()
         self.scratch.ensure()
         self.stale_collected = self.scratch.collect_stale()
-        self._helper: RlimitHelper | None = None
-        host_user = sandbox_host_user()
-        if host_user is not None:
-            # Forked now, while this process is young; closed when the backend goes away.
-            self._helper = RlimitHelper(host_user)
-            weakref.finalize(self, self._helper.close)
+        # Forked now, while this process is young; closed when the backend goes away. As root it
+        # runs as the sandbox user and also applies rlimits; always it sets and watches each
+        # sandbox's IPC namespace (rlimit_helper.py).
+        self._helper = RlimitHelper(sandbox_host_user())
+        weakref.finalize(self, self._helper.close)
 
     def probe(self) -> ProbeReport:
         with self._probe_lock:
@@ -287,7 +286,12 @@ class BwrapBackend:
             for d in extra_dirs:
                 if not os.path.lexists(rootfs / d.lstrip("/")):
                     args += ["--dir", d]
-        args += ["--proc", "/proc", "--dev", "/dev"]
+        args += ["--proc", "/proc"]
+        # bwrap leaves /proc/sys writable (it only covers it when access(W_OK) allows, and the
+        # directory is 0555). The actor's euid is the root of the user namespace that owns its IPC
+        # namespace, so it could raise kernel.shmmax & co. back (measured). Bound read-only: sysctl
+        # files show the reader's namespaces whichever proc mount they are reached through.
+        args += ["--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"]
         # bwrap's /dev is a tmpfs without a size limit, owned by the sandbox user: an actor could
         # fill half the host's RAM there (tmpfs pages count in no process's RSS, so neither the
         # rlimits nor the memory watchdog see them). Give /dev/shm a Docker-sized tmpfs of its own
@@ -351,5 +355,13 @@ class BwrapBackend:
             argv=argv, env={"PATH": DEFAULT_PATH}, pass_fds=tuple(fds),
             close_after_spawn=list(fds), user=host_user.uid if host_user else None,
             group=host_user.gid if host_user else None, status_fd=status_r, block_fd=block_w,
-            rlimits=rlimits, prlimit=self._helper.prlimit if self._helper else None,
+            rlimits=rlimits, prlimit=self._helper.prlimit if host_user is not None else None,
+            watch_ipc=self._ipc_watcher(spec),
         )
+
+    def _ipc_watcher(self, spec: ExecSpec):  # type: ignore[no-untyped-def]
+        """Cap and count the sandbox's SysV shared memory when its memory is limited."""
+        if not spec.limits.memory_bytes:
+            return None
+        sysctls = ipc_sysctls(int(spec.limits.memory_bytes))
+        return lambda pid: self._helper.watch_ipc(pid, sysctls)

@@ -12,6 +12,7 @@ execution never waits for a tick.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -24,6 +25,7 @@ from typing import Callable
 
 from . import procstats
 from .channels import LogSink, ResultsSocket
+from .rlimit_helper import IpcWatch
 from .scratch import ExecDir
 from .types import ExecResult, ExecSpec
 from .outcome import Outcome, describe
@@ -34,7 +36,9 @@ WATCHDOG_INTERVAL_S = 0.05  # how often a running sandbox's process count and me
 # Per-sandbox task limit when Limits.pids is not set: RLIMIT_NPROC inside the sandbox's user
 # namespace (counts threads too) and the watchdog's process-count threshold.
 DEFAULT_MAX_PROCS = 1024
-# The writable tmpfs mounts (/tmp, /dev/shm) cap bytes but not files: every empty file costs ~1 KiB
+# The writable tmpfs mounts (/tmp, /dev/shm). Their bytes count toward the memory limit (tmpfs pages
+# are memory, as a memory cgroup would charge them); their sizes stay caps of their own. They cap bytes
+# but not files: every empty file costs ~1 KiB
 # of unreclaimable kernel memory, counted in no process's RSS, and the kernel's default allows
 # millions (one actor made 428,000 in 4 s, 350 MB of slab). The watchdog allows one file per 4 KiB
 # of the /tmp size limit, together in both mounts (65,536 for the default 256 MiB).
@@ -54,11 +58,35 @@ class LaunchPlan:
     close_after_spawn: list[int] = field(default_factory=list)  # our copies of fds the child keeps
     user: int | None = None  # host uid/gid to run the runtime as (when lightabaco runs as root)
     group: int | None = None
+    # Working directory of the runtime: conmon (podman) writes an empty `oom` file into its cwd
+    # when the memory cgroup kills the container; keep that in the execution's own dir.
+    cwd: str | None = None
     status_fd: int = -1  # read end of the runtime's status pipe (bwrap --json-status-fd), if any
     block_fd: int = -1  # write end of bwrap --block-fd: written once rlimits are applied
     rlimits: list[tuple[int, tuple[int, int]]] = field(default_factory=list)  # prlimit()ed on pid 1
     # How to prlimit() pid 1 when it is not ours to change (root: rlimit_helper.RlimitHelper).
     prlimit: Callable[[int, list[tuple[int, tuple[int, int]]]], None] | None = None
+    # Set the limits of pid 1's IPC namespace and watch its SysV shared memory (bwrap: through
+    # rlimit_helper); called while pid 1 is still blocked. Raises OSError: the actor then never runs.
+    watch_ipc: Callable[[int], IpcWatch] | None = None
+
+
+def ipc_sysctls(memory_bytes: int) -> dict[str, str]:
+    """Limits for a sandbox's own IPC namespace (the kernel's defaults there allow terabytes).
+
+    SysV shared memory may not exceed the memory limit in one segment or in total; the segments it
+    does hold are counted by the watchdog too. Message queues and semaphores are kernel memory that
+    no limit counts: a few small queues (64 x 16 KiB) and a classic System V semaphore budget.
+    """
+    page = os.sysconf("SC_PAGE_SIZE")
+    return {
+        "kernel.shmmax": str(memory_bytes),
+        "kernel.shmall": str(max(memory_bytes // page, 1)),
+        "kernel.shmmni": "256",
+        "kernel.msgmni": "64",
+        "kernel.msgmnb": "16384",
+        "kernel.sem": "250 8000 32 128",
+    }
 
 
 def tmpfs_files(pid: int) -> int:
@@ -67,22 +95,7 @@ def tmpfs_files(pid: int) -> int:
     0 when they cannot be looked at (the process is gone, or /proc refuses): the check is a
     safeguard on top of the size limits, and must never fail an execution by itself.
     """
-    root = f"/proc/{pid}/root"
-    total = 0
-    try:
-        root_dev = os.stat(root).st_dev
-    except OSError:
-        return 0
-    for mount in TMPFS_MOUNTS:
-        path = f"{root}/{mount}"
-        try:
-            if os.stat(path).st_dev == root_dev:
-                continue  # not a mount of its own: it is the (read-only) image, not a tmpfs
-            st = os.statvfs(path)
-        except OSError:
-            continue
-        total += max(st.f_files - st.f_ffree, 0)
-    return total
+    return procstats.tmpfs_usage(pid, TMPFS_MOUNTS)[1]
 
 
 class MonitoredExecution:
@@ -110,6 +123,7 @@ class MonitoredExecution:
         # ru_maxrss, which also counts the runtime's pre-exec image (the forked or vforked
         # Python: 10-30 MB) and so says nothing about a small actor.
         self._peak_rss_kb = 0
+        self._ipc: IpcWatch | None = None
         self._child_pidfd = -1
         self._hard_killed_at: float | None = None
         self._term_deadline: float | None = None
@@ -211,7 +225,7 @@ class MonitoredExecution:
             self.proc = subprocess.Popen(
                 plan.argv, env=plan.env, stdin=subprocess.DEVNULL,
                 stdout=self._logs.write_fd, stderr=self._logs.write_fd,
-                pass_fds=plan.pass_fds, close_fds=True,
+                pass_fds=plan.pass_fds, close_fds=True, cwd=plan.cwd,
                 user=plan.user, group=plan.group,
                 extra_groups=[] if plan.user is not None else None,
             )
@@ -313,6 +327,16 @@ class MonitoredExecution:
             else:
                 for resource_id, value in self._plan.rlimits:
                     _prlimit(self.child_pid, resource_id, value)  # type: ignore[arg-type]
+            if self._plan.watch_ipc is not None:
+                try:
+                    self._ipc = self._plan.watch_ipc(self.child_pid)  # type: ignore[arg-type]
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ESRCH):
+                        raise ProcessLookupError from exc  # bwrap failed: its exit says why
+                    # Fail closed: without them SysV memory would be neither capped nor counted.
+                    self.outcome.limit_error = f"IPC namespace limits: {exc}"
+                    self._terminate(0.0)
+                    return
             if self._plan.block_fd >= 0:
                 os.write(self._plan.block_fd, b"g")
         except (ProcessLookupError, BrokenPipeError):
@@ -340,21 +364,28 @@ class MonitoredExecution:
             return
         limits = self.spec.limits
         pids = procstats.tree_pids(self.child_pid, limit=self._max_procs)
-        self._peak_rss_kb = max(self._peak_rss_kb, procstats.peak_rss_kb(pids[:64]))
         if len(pids) >= self._max_procs:  # at the limit: RLIMIT_NPROC keeps it from going over
+            self._peak_rss_kb = max(self._peak_rss_kb, procstats.peak_rss_kb(pids[:64]))
             self.outcome.proc_limit = self._max_procs
             self._terminate(0.0)
             return
         if limits.memory_bytes:
-            # RLIMIT_DATA stops one process; this catches many processes that together use too much.
-            rss = procstats.rss_of(pids)
-            if rss > limits.memory_bytes:
-                self.outcome.memory_exceeded = rss
+            # RLIMIT_DATA stops one process; this catches many processes that together use too
+            # much, and the shared memory that is in no process's RSS (procstats.memory_usage).
+            sysv = self._ipc.sysv_bytes() if self._ipc is not None else None
+            usage = procstats.memory_usage(pids, self.child_pid, TMPFS_MOUNTS, sysv)
+            self._peak_rss_kb = max(self._peak_rss_kb, usage.peak_rss_kb)
+            if usage.total > limits.memory_bytes:
+                self.outcome.memory_exceeded = usage.total
+                self.outcome.memory_shared = usage.shared
                 self._terminate(0.0)
                 return
+            files = usage.tmpfs_files
+        else:
+            self._peak_rss_kb = max(self._peak_rss_kb, procstats.peak_rss_kb(pids[:64]))
+            files = tmpfs_files(self.child_pid)
         if limits.tmpfs_bytes:
             max_files = max(int(limits.tmpfs_bytes) // BYTES_PER_FILE, 1024)
-            files = tmpfs_files(self.child_pid)
             if files > max_files:
                 self.outcome.files_exceeded = (files, max_files)
                 self._terminate(0.0)
@@ -448,6 +479,9 @@ class MonitoredExecution:
                 closer()
             except OSError:
                 pass
+        if self._ipc is not None:
+            self._ipc.close()
+            self._ipc = None
         for fd in (self._plan.status_fd, self._plan.block_fd, self._child_pidfd):
             if fd >= 0:
                 os.close(fd)

@@ -23,7 +23,9 @@ class Outcome:
     killed: bool = False  # Execution.kill()
     proc_limit: int | None = None  # watchdog: stopped at this many processes
     proc_cap: int | None = None  # the process limit in force (for explaining failed forks)
-    memory_exceeded: int | None = None  # watchdog: tree rss in bytes when it was stopped
+    memory_exceeded: int | None = None  # watchdog: bytes counted when it was stopped
+    memory_shared: int = 0  # ... of which shared memory (SysV, memfds, /tmp and /dev/shm)
+    limit_error: str | None = None  # a limit could not be put in place: the actor never ran
     # watchdog: (files in the writable tmpfs mounts, the limit) when it was stopped
     files_exceeded: tuple[int, int] | None = None
     spawn_error: str | None = None  # the runtime binary itself could not be started
@@ -61,6 +63,10 @@ def describe(spec: ExecSpec, o: Outcome, *, exit_code: int | None, failure: str 
         return Described(exit_code, None, "setup",
                          f"lightabaco failed while watching the execution ({o.internal_error}); "
                          "the sandbox was stopped - please report this")
+    if o.limit_error:
+        return Described(None, None, "setup",
+                         f"the sandbox's limits could not be put in place ({o.limit_error}), so the "
+                         "actor was not started; run `lightabaco doctor` to check the backend")
     detail = o.failure_detail or "no message from the runtime"
     stopped = o.killed or o.timed_out or o.proc_limit or o.memory_exceeded or o.files_exceeded
     if failure == "setup" and not stopped:
@@ -85,6 +91,9 @@ def describe(spec: ExecSpec, o: Outcome, *, exit_code: int | None, failure: str 
     elif o.memory_exceeded is not None:
         reason = (f"killed: its processes used {_mib(o.memory_exceeded)} of memory, over the "
                   f"{_mib(limits.memory_bytes or 0)} limit")
+        if o.memory_shared >= 1 << 20:
+            reason += (f" ({_mib(o.memory_shared)} of it shared memory: SysV segments, memfds, "
+                       "files in /tmp and /dev/shm)")
     elif o.files_exceeded is not None:
         reason = (f"killed: it created {o.files_exceeded[0]} files in /tmp and /dev/shm, over the "
                   f"limit of {o.files_exceeded[1]}")

@@ -24,17 +24,18 @@ import subprocess
 import threading
 from pathlib import Path
 
-from .bwrap import BINARY_DATA, RESULTS_SOCK, build_command, build_env
+from .bwrap import BINARY_DATA, DEV_SHM_BYTES, RESULTS_SOCK, build_command, build_env
 from .channels import LogSink, ResultsSocket, write_binary_data
 from .errors import BackendUnavailable, ExecutionSetupError
-from .execution import DEFAULT_MAX_PROCS, LaunchPlan, MonitoredExecution
+from .execution import DEFAULT_MAX_PROCS, LaunchPlan, MonitoredExecution, ipc_sysctls
 from .probe import subuid_problem
 from .scratch import Scratch, new_execution_id
 from .types import ExecResult, ExecSpec, ProbeReport
 from .users import sandbox_identity
 
 CPUACCT_V1 = Path("/sys/fs/cgroup/cpuacct/libpod_parent")
-ROOTFUL_NPROC = 4096  # podman/conmon run with nproc 32768 here; anything above fails (notes §2.1)
+ROOTFUL_NPROC = 4096
+RUNC_MIN_DATA = 128 << 20  # RLIMIT_DATA below which runc cannot start a container (measured)  # podman/conmon run with nproc 32768 here; anything above fails (notes §2.1)
 
 
 def short_run_dir(base: Path) -> Path:
@@ -275,7 +276,7 @@ class PodmanBackend:
                     ch.close()
             exec_dir.remove()
             raise
-        plan = LaunchPlan(argv=argv, env=dict(self._env or {}))
+        plan = LaunchPlan(argv=argv, env=dict(self._env or {}), cwd=str(exec_dir.path))
         ex = PodmanExecution(spec, exec_dir, plan, logs, results, spec.limits.pids or self.max_procs,
                              podman=self.podman, env=plan.env, runtime=runtime,
                              cidfile=exec_dir.path / "cid")
@@ -293,6 +294,9 @@ class PodmanBackend:
                 # writable, as with bwrap.
                 "--read-only-tmpfs=false",
                 "--hostname", hostname, "--user", f"{uid}:{gid}",
+                # Its own IPC namespace and a Docker-sized /dev/shm, as with bwrap; podman makes
+                # /proc/sys read-only, so the IPC limits set below stay as set.
+                "--ipc=private", "--shm-size", str(DEV_SHM_BYTES),
                 "--workdir", spec.image.config.working_dir or "/",
                 "--tmpfs", f"/tmp:rw,mode=1777{',size=%d' % lim.tmpfs_bytes if lim.tmpfs_bytes else ''}",
                 "-v", f"{exec_dir / 'binary_data'}:{BINARY_DATA}:ro",
@@ -313,7 +317,19 @@ class PodmanBackend:
         for name, value in ulimits.items():
             argv += ["--ulimit", f"{name}={value}:{value}"]
         if lim.memory_bytes:
-            argv += ["--ulimit", f"data={lim.memory_bytes}:{lim.memory_bytes}"]
+            if os.geteuid() != 0:
+                # Rootless: no cgroup, so a per-process RLIMIT_DATA. It also binds runc's own init
+                # (Go), which fails below about 128 MiB ("unable to init seccomp: cannot allocate
+                # memory" at mem_limit=64m, measured): never less than that. Rootful podman
+                # needs none: the memory cgroup below is the better limit.
+                data = max(int(lim.memory_bytes), RUNC_MIN_DATA)
+                argv += ["--ulimit", f"data={data}:{data}"]
+            # SysV shared memory capped at the memory limit (podman accepts these namespaced
+            # sysctls with a private IPC namespace, rootful and rootless). Rootful, the memory
+            # cgroup below also charges SysV, memfd and tmpfs pages; rootless on cgroup v1 only the
+            # cap and the watchdog's count of /tmp, /dev/shm and memfds apply.
+            for name, value in ipc_sysctls(int(lim.memory_bytes)).items():
+                argv += ["--sysctl", f"{name}={value}"]
             if os.geteuid() == 0:
                 argv += ["--memory", str(lim.memory_bytes), "--memory-swap", str(lim.memory_bytes)]
         if lim.pids and os.geteuid() == 0:

@@ -138,3 +138,166 @@ def reap(pid: int) -> tuple[int, object, dict[str, int]]:
         _, status, rusage = os.wait4(pid, 0)
         after = read_io()
     return status, rusage, {k: max(0, after[k] - before[k]) for k in IO_KEYS}
+
+
+# -- shared memory ---------------------------------------------------------------------------------
+#
+# Pages of SysV segments, memfds and tmpfs files ("shmem") belong to an object, not a process: they
+# show in a process's RssShmem only while it maps them, and stay allocated after it unmaps them. So
+# the memory of a sandbox is counted as
+#     the private memory of each process (RssAnon + RssFile)
+#   + each shmem object once, whole: the sandbox's SysV segments, each memfd open in it (by inode),
+#     the bytes used in its writable tmpfs mounts
+#   + the mapped shmem of each process that belongs to none of those objects (shared anonymous
+#     mappings, a memfd whose descriptors are all closed), from RssShmem.
+# Telling the last two apart needs /proc/<pid>/smaps (about 1 ms per process), read only for
+# processes that map shmem at all, and for at most SMAPS_PER_SAMPLE of them per sample: beyond
+# that, their whole RssShmem is counted on top of the objects (more, never less).
+
+SMAPS_PER_SAMPLE = 16
+
+
+@dataclass
+class MemoryUsage:
+    """What the watchdog counts against a sandbox's memory limit, in bytes (see above)."""
+
+    private: int = 0  # RssAnon + RssFile of every process
+    mapped_other: int = 0  # mapped shmem that belongs to none of the objects counted below
+    memfd: int = 0  # memfds open in the sandbox, each inode once
+    sysv: int = 0  # SysV shared memory segments of its IPC namespace
+    tmpfs: int = 0  # bytes used in its writable tmpfs mounts
+    tmpfs_files: int = 0  # inodes used there (not memory: a separate limit)
+    peak_rss_kb: int = 0  # largest VmHWM among the processes read
+
+    @property
+    def shared(self) -> int:
+        return self.mapped_other + self.memfd + self.sysv + self.tmpfs
+
+    @property
+    def total(self) -> int:
+        return self.private + self.shared
+
+
+@dataclass
+class _ProcMemory:
+    private: int
+    shmem: int
+    hwm_kb: int
+
+
+def _status_memory(pid: int) -> _ProcMemory | None:
+    text = _read(f"/proc/{pid}/status")
+    if not text:
+        return None
+    values = dict.fromkeys(("VmHWM:", "RssAnon:", "RssFile:", "RssShmem:"), 0)
+    # These lines follow one another, in this order: skip the rest of the file.
+    for line in text[max(text.find("VmHWM:"), 0):].splitlines():
+        parts = line.split()
+        if parts and parts[0] in values:
+            values[parts[0]] = int(parts[1])
+            if parts[0] == "RssShmem:":
+                break
+    return _ProcMemory((values["RssAnon:"] + values["RssFile:"]) << 10, values["RssShmem:"] << 10,
+                       values["VmHWM:"])
+
+
+def memfds(pid: int, seen: dict[tuple[int, int], int]) -> None:
+    """Add the memfds open in `pid` to `seen` ((st_dev, st_ino) -> allocated bytes): each inode once,
+    however many descriptors and processes hold it. Allocated, not apparent size: ftruncate() to
+    1 GiB costs nothing until the pages are written."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return
+    for name in names:
+        path = f"{fd_dir}/{name}"
+        try:
+            if not os.readlink(path).startswith("/memfd:"):
+                continue
+            st = os.stat(path)
+        except OSError:
+            continue
+        seen[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+
+
+def tmpfs_usage(pid: int, mounts: tuple[str, ...]) -> tuple[int, int, set[int]]:
+    """(bytes, inodes, st_dev of each) used in these writable tmpfs mounts of the sandbox whose
+    pid 1 is `pid`, seen through /proc/<pid>/root. A path that is no mount of its own (the
+    read-only image) is skipped; (0, 0, set()) when /proc refuses or the process is gone."""
+    root = f"/proc/{pid}/root"
+    used = files = 0
+    devs: set[int] = set()
+    try:
+        root_dev = os.stat(root).st_dev
+    except OSError:
+        return 0, 0, devs
+    for mount in mounts:
+        path = f"{root}/{mount}"
+        try:
+            dev = os.stat(path).st_dev
+            if dev == root_dev:
+                continue
+            st = os.statvfs(path)
+        except OSError:
+            continue
+        devs.add(dev)
+        used += max(st.f_blocks - st.f_bfree, 0) * st.f_frsize
+        files += max(st.f_files - st.f_ffree, 0)
+    return used, files, devs
+
+
+def mapped_known_shmem(pid: int, memfd_inodes: set[tuple[int, int]], tmpfs_devs: set[int],
+                       sysv_counted: bool) -> int:
+    """Bytes of `pid`'s mapped shmem that belong to objects already counted whole: its mappings of
+    the counted memfds, of files on the counted tmpfs mounts and (when counted) of SysV segments."""
+    text = _read(f"/proc/{pid}/smaps")
+    if not text:
+        return 0
+    known = 0
+    counted = False
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if not parts:
+            continue
+        if len(parts) >= 5 and "-" in parts[0]:  # a mapping's header: range perms offset dev inode [path]
+            major, _, minor = parts[3].partition(":")
+            try:
+                dev = os.makedev(int(major, 16), int(minor, 16))
+                ino = int(parts[4])
+            except ValueError:
+                counted = False
+                continue
+            path = parts[5] if len(parts) > 5 else ""
+            counted = ((dev, ino) in memfd_inodes or dev in tmpfs_devs
+                       or (sysv_counted and path.startswith("/SYSV")))
+        elif counted and parts[0] == "Rss:":
+            known += int(parts[1]) << 10
+    return known
+
+
+def memory_usage(pids: list[int], root: int, tmpfs_mounts: tuple[str, ...],
+                 sysv_bytes: int | None) -> MemoryUsage:
+    """Everything the sandbox whose pid 1 is `root` holds in memory, each page once (see above).
+    `sysv_bytes`: its IPC namespace's SysV total, when the caller could read it (else None)."""
+    usage = MemoryUsage(sysv=sysv_bytes or 0)
+    usage.tmpfs, usage.tmpfs_files, devs = tmpfs_usage(root, tmpfs_mounts)
+    seen: dict[tuple[int, int], int] = {}
+    shmem_users: list[tuple[int, int]] = []
+    for pid in pids:
+        mem = _status_memory(pid)
+        if mem is None:
+            continue
+        usage.private += mem.private
+        usage.peak_rss_kb = max(usage.peak_rss_kb, mem.hwm_kb)
+        memfds(pid, seen)
+        if mem.shmem:
+            shmem_users.append((pid, mem.shmem))
+    usage.memfd = sum(seen.values())
+    inodes = set(seen)
+    for i, (pid, shmem) in enumerate(shmem_users):
+        known = 0
+        if i < SMAPS_PER_SAMPLE and (inodes or devs or sysv_bytes is not None):
+            known = mapped_known_shmem(pid, inodes, devs, sysv_bytes is not None)
+        usage.mapped_other += max(shmem - known, 0)
+    return usage

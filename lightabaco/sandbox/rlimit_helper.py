@@ -1,114 +1,138 @@
-"""Applying rlimits to sandboxes when lightabaco runs as root.
+"""A helper process for what the server itself may not do to a sandbox: rlimits (as root) and the
+sandbox's IPC namespace (always).
 
-Unprivileged, the monitor simply prlimit()s the sandbox's pid 1 while bwrap waits on --block-fd.
-As root that fails with EPERM: changing another user's limits needs CAP_SYS_RESOURCE, which root
-lacks on some hosts (this VM's bounding set has no bit 24), and the sandbox runs as the sandbox user.
-A process running *as the sandbox user* may do it, so one is forked at backend start: a copy of this
-process that drops to the sandbox user and then only answers "prlimit(pid, ...)" requests over a
-pipe. That costs one pipe round trip per execution instead of exec'ing prlimit(1) in front of bwrap
-(about 1.2 ms measured), and, because the limits are set after the sandbox's user namespace exists,
+rlimits: unprivileged, the monitor simply prlimit()s the sandbox's pid 1 while bwrap waits on
+--block-fd. As root that fails with EPERM: changing another user's limits needs CAP_SYS_RESOURCE,
+which root lacks on some hosts (this VM's bounding set has no bit 24), and the sandbox runs as the
+sandbox user. A process running *as the sandbox user* may do it, so one is forked at backend start: a
+copy of this process that drops to the sandbox user and then only answers requests over a socket.
+That costs one round trip per execution instead of exec'ing prlimit(1) in front of bwrap (about
+1.2 ms measured), and, because the limits are set after the sandbox's user namespace exists,
 RLIMIT_NPROC becomes a per-sandbox limit as root too.
 
-The copy is forked early (when the backend is created) and its loop only uses os.read/os.write,
-struct and resource.prlimit, so the usual fork-with-threads hazards do not apply to it.
+IPC namespace: SysV shared memory lives in the sandbox's IPC namespace, in no process's memory, so
+the watchdog must ask the namespace itself; and its limits (kernel.shmmax, shmall, ...) are
+per-namespace sysctls that only a process *inside* it, with the euid that is root of the user
+namespace owning it, may write. That euid is the host user bwrap runs as (the sandbox user as root,
+else ourselves), never root: measured on kernel 6.18, a root thread that setns()'d into the IPC
+namespace was refused (EACCES) for both inside uids 0 and 1000. So per execution the helper forks a
+child that joins the namespace's owning user namespace and the IPC namespace (setns needs a single
+threaded process: the server is not), writes the limits before the actor's first instruction, and
+then answers "how much SysV shared memory?" for the watchdog until the execution is over. About
+1 ms per execution, a small fraction of bwrap's own start.
+
+The helper is a small interpreter of its own (helper_server.py), started with the backend: forking
+a child per execution from it costs well under a millisecond, from a copy of the server 3-17 ms.
 """
 
 from __future__ import annotations
 
+import errno as errno_mod
 import os
-import resource
+import socket
 import struct
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 from .errors import ExecutionSetupError
+from .helper_server import _HEAD, _ITEM, _PRLIMIT, _REPLY, _USAGE, _WATCH_IPC
 from .users import HostUser
 
-_HEAD = struct.Struct("=iI")  # pid, number of limits
-_ITEM = struct.Struct("=iqq")  # resource, soft, hard (-1 = RLIM_INFINITY)
-_REPLY = struct.Struct("=i")  # 0 or errno
 
+class IpcWatch:
+    """The sandbox's IPC namespace, seen from a helper child living in it (see the module doc)."""
 
-def _read_exact(fd: int, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
 
-
-def _serve(req: int, rep: int) -> None:
-    while True:
+    def sysv_bytes(self) -> int | None:
+        """SysV shared memory of the namespace; None when the helper child is gone."""
         try:
-            pid, count = _HEAD.unpack(_read_exact(req, _HEAD.size))
-            items = [_ITEM.unpack(_read_exact(req, _ITEM.size)) for _ in range(count)]
-        except EOFError:
-            return  # our parent closed the pipe or died
-        err = 0
-        try:
-            for res, soft, hard in items:
-                resource.prlimit(pid, res, (soft, hard))
-        except OSError as exc:
-            err = exc.errno or 1
-        os.write(rep, _REPLY.pack(err))
+            self._sock.send(b"?")
+            reply = self._sock.recv(_USAGE.size)
+        except OSError:
+            return None
+        if len(reply) != _USAGE.size:
+            return None
+        (value,) = _USAGE.unpack(reply)
+        return value if value >= 0 else None
+
+    def close(self) -> None:
+        self._sock.close()  # the child sees EOF and exits
 
 
 class RlimitHelper:
-    """prlimit() as the sandbox user, from a forked helper process (see the module docstring)."""
+    """prlimit() as the sandbox user, and IPC namespace watches, from a forked helper process (see
+    the module docstring). `user` None: the helper keeps our own identity (lightabaco unprivileged)."""
 
-    def __init__(self, user: HostUser) -> None:
-        req_r, req_w = os.pipe2(os.O_CLOEXEC)
-        rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:  # the helper
-            status = 0
-            try:
-                # Keep nothing of the parent's open files (sockets, databases) alive in here.
-                keep = {req_r, rep_w}
-                for name in os.listdir("/proc/self/fd"):
-                    if int(name) > 2 and int(name) not in keep:
-                        try:
-                            os.close(int(name))
-                        except OSError:
-                            pass
-                os.setgroups([])
-                os.setresgid(user.gid, user.gid, user.gid)
-                os.setresuid(user.uid, user.uid, user.uid)
-                _serve(req_r, rep_w)
-            except BaseException:  # noqa: BLE001 - never return into the parent's code
-                status = 1
-            finally:
-                os._exit(status)
-        os.close(req_r)
-        os.close(rep_w)
-        self.pid = pid
-        self._req, self._rep = req_w, rep_r
+    def __init__(self, user: HostUser | None) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Started as us (root can run any interpreter; the sandbox user may not be able to read
+        # ours), it drops to the sandbox user itself before it reads a single request.
+        source = (Path(__file__).parent / "helper_server.py").read_text()
+        ids = [str(user.uid), str(user.gid)] if user is not None else ["-1", "-1"]
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", source, str(theirs.fileno()), *ids],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True, cwd="/")
+        finally:
+            theirs.close()
+        self.pid = self._proc.pid
+        self._sock = ours
         self._lock = threading.Lock()
 
-    def prlimit(self, pid: int, limits: list[tuple[int, tuple[int, int]]]) -> None:
-        msg = _HEAD.pack(pid, len(limits)) + b"".join(
-            _ITEM.pack(res, s, h) for res, (s, h) in limits)
+    def _call(self, msg: bytes, fds: list[int] | None = None) -> None:
         with self._lock:
             try:
-                os.write(self._req, msg)
-                (err,) = _REPLY.unpack(_read_exact(self._rep, _REPLY.size))
-            except (OSError, EOFError) as exc:
+                socket.send_fds(self._sock, [msg], fds or [])
+                reply = self._sock.recv(_REPLY.size)
+                (err,) = _REPLY.unpack(reply)
+            except (OSError, struct.error) as exc:
                 raise ExecutionSetupError(
-                    "the rlimit helper process is gone; restart lightabaco (it runs as root and "
-                    f"needs its helper to limit sandboxes): {exc}"
+                    "the sandbox helper process is gone; restart lightabaco (it needs its helper to "
+                    f"limit sandboxes): {exc}"
                 ) from exc
         if err:
             raise OSError(err, os.strerror(err))
 
-    def close(self) -> None:
-        for fd in (self._req, self._rep):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+    def prlimit(self, pid: int, limits: list[tuple[int, tuple[int, int]]]) -> None:
+        self._call(_HEAD.pack(_PRLIMIT, pid, len(limits)) + b"".join(
+            _ITEM.pack(res, s, h) for res, (s, h) in limits))
 
+    def watch_ipc(self, pid: int, sysctls: dict[str, str], timeout_s: float = 10.0) -> IpcWatch:
+        """Set `sysctls` ("kernel.shmmax" -> "value") in the IPC namespace of `pid` and return a
+        watch on it. Raises OSError when the namespace cannot be joined or a value not written."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            text = "".join(f"{k}={v}\n" for k, v in sysctls.items()).encode()
+            self._call(_HEAD.pack(_WATCH_IPC, pid, 0) + text, [theirs.fileno()])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.settimeout(timeout_s)
+        try:
+            reply = ours.recv(4096)
+        except OSError as exc:
+            ours.close()
+            raise OSError(errno_mod.EIO, f"no answer from the IPC namespace helper: {exc}") from exc
+        if len(reply) < _REPLY.size:
+            ours.close()
+            raise OSError(errno_mod.EIO, "the IPC namespace helper exited before answering")
+        (err,) = _REPLY.unpack_from(reply)
+        if err:
+            ours.close()
+            raise OSError(err, reply[_REPLY.size:].decode(errors="replace") or os.strerror(err))
+        ours.settimeout(1.0)  # a watchdog query must never hang the monitor
+        return IpcWatch(ours)
+
+    def close(self) -> None:
+        self._sock.close()  # the helper sees EOF and exits
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()

@@ -42,3 +42,46 @@ def test_tree_snapshot_and_reap_of_a_small_tree():
 
 def test_io_of_a_missing_process_is_zero():
     assert procstats.read_io("/proc/0/io") == dict.fromkeys(procstats.IO_KEYS, 0)
+
+
+def test_memory_usage_counts_a_memfd_once_and_not_again_through_mappings():
+    # A parent and a child share one 24 MiB memfd, written, mapped by both (their RssShmem), and
+    # kept open after the mapping in the parent is gone: counted once, as the memfd.
+    code = ("import mmap, os, time\n"
+            "fd = os.memfd_create('m')\nos.ftruncate(fd, 24 << 20)\n"
+            "m = mmap.mmap(fd, 24 << 20)\nm.write(b'q' * (24 << 20))\n"
+            "if os.fork() == 0:\n    time.sleep(30)\n    os._exit(0)\n"
+            "print('ready', flush=True)\ntime.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        pids = procstats.tree_pids(proc.pid)
+        usage = procstats.memory_usage(pids, proc.pid, (), None)
+        assert 24 << 20 <= usage.memfd < 25 << 20
+        assert usage.mapped_other < 1 << 20  # the mapped pages are the memfd's, already counted
+        assert usage.total == usage.private + usage.shared and usage.peak_rss_kb > 0
+        # Without the smaps refinement (over the per-sample budget) mapped pages count again.
+        old = procstats.SMAPS_PER_SAMPLE
+        procstats.SMAPS_PER_SAMPLE = 0
+        try:
+            assert procstats.memory_usage(pids, proc.pid, (), None).mapped_other >= 24 << 20
+        finally:
+            procstats.SMAPS_PER_SAMPLE = old
+    finally:
+        for pid in procstats.tree_pids(proc.pid)[1:]:
+            os.kill(pid, 9)
+        proc.kill()
+        proc.wait()
+
+
+def test_memory_usage_counts_shared_anonymous_mappings_per_process():
+    code = ("import mmap, time\nm = mmap.mmap(-1, 16 << 20)\nm.write(b'a' * (16 << 20))\n"
+            "print('ready', flush=True)\ntime.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        usage = procstats.memory_usage([proc.pid], proc.pid, (), 0)
+        assert usage.mapped_other >= 16 << 20 and usage.memfd == 0
+    finally:
+        proc.kill()
+        proc.wait()
