@@ -22,7 +22,6 @@ import logging
 import ssl
 import threading
 import time
-import urllib.parse
 from collections import Counter, OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable

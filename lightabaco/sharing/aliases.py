@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
-from lightabaco.sharing import configs
 from lightabaco.sharing import permissions as perms
 from lightabaco.protocol.errors import NotFound, PermissionDenied, ValidationError
 from lightabaco.protocol.fields import field
 from lightabaco.sharing.identity import Identity
 from lightabaco.store.db import write_tx
+from lightabaco.store.sharing import unbind_config_alias
 
 RESERVED_WORDS = ("executions", "nonces", "logs", "messages", "adapters", "admin")
 # Route words that shadow /actors/{id} and so can never be aliases either (spec §3.6).
@@ -116,7 +116,7 @@ def create_alias(services: Any, identity: Identity, fields: Mapping[str, Any]) -
         row = Alias.create(key=key, tenant=tenant, name=alias, actor_id=actor_id, owner=identity.username,
                            create_time=time.time())
         perms.delete_object(perms.ALIAS, key)  # leftovers of an earlier alias of the same name
-        configs.unbind_alias(key)  # ...and its config bindings: a new alias never inherits them
+        unbind_config_alias(key)  # ...and its config bindings: a new alias never inherits them
         perms.set_permission(perms.ALIAS, key, identity.username, perms.UPDATE)
     return display(services, identity, row)
 
@@ -159,7 +159,7 @@ def delete_alias(services: Any, identity: Identity, alias: str) -> None:
         perms.delete_object(perms.ALIAS, row.key)
         Nonce.delete().where((Nonce.tenant == row.tenant) & (Nonce.alias_name == row.name)).execute()
         # configs attached through this alias stop here: whoever takes the name next must not get them
-        configs.unbind_alias(row.key)
+        unbind_config_alias(row.key)
         row.delete_instance()
 
 

@@ -243,18 +243,4 @@ def actor_configs_for(services: Any, tenant: str, actor_id: str) -> dict[str, st
     return out
 
 
-def unbind_alias(alias_key: str) -> None:
-    """An alias is gone: configs attached through it stop reaching its actor."""
-    from lightabaco.store.sharing import ConfigBinding
-
-    ConfigBinding.delete().where(ConfigBinding.alias_key == alias_key).execute()
-
-
-def unbind_actor(actor_dbid: str) -> None:
-    """An actor is gone: no config is delivered to its id any more."""
-    from lightabaco.store.sharing import ConfigBinding
-
-    ConfigBinding.delete().where(ConfigBinding.actor_dbid == actor_dbid).execute()
-
-
 __all__ = ["SecretsUnavailable", "actor_configs_for", "create_config", "list_configs"]

@@ -137,18 +137,17 @@ def on_actor_created(services: Any, identity: Identity, actor: Any) -> None:
 def on_actor_deleted(services: Any, actor: Any) -> None:
     """Remove what hangs off a deleted actor: its permissions, nonces, config bindings and the aliases
     pointing to it (with their own config bindings)."""
-    from lightabaco.sharing import configs
-    from lightabaco.store.sharing import Alias, Nonce
+    from lightabaco.store.sharing import Alias, Nonce, unbind_config_actor, unbind_config_alias
 
     key = actor_dbid(actor)
     tenant, actor_id = key.rsplit("_", 1)
     delete_object(ACTOR, key)
     Nonce.delete().where(Nonce.actor_dbid == key).execute()
-    configs.unbind_actor(key)
+    unbind_config_actor(key)
     for alias in Alias.select().where((Alias.tenant == tenant) & (Alias.actor_id == actor_id)):
         delete_object(ALIAS, alias.key)
         Nonce.delete().where((Nonce.tenant == tenant) & (Nonce.alias_name == alias.name)).execute()
-        configs.unbind_alias(alias.key)
+        unbind_config_alias(alias.key)
         alias.delete_instance()
 
 

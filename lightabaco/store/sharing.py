@@ -126,6 +126,17 @@ class ConfigBinding(SharingModel):
         table_name = "sharing_config_binding"
 
 
+
+def unbind_config_alias(alias_key: str) -> None:
+    """An alias is gone: configs attached through it stop reaching its actor."""
+    ConfigBinding.delete().where(ConfigBinding.alias_key == alias_key).execute()
+
+
+def unbind_config_actor(actor_dbid: str) -> None:
+    """An actor is gone: no config is delivered to its id any more."""
+    ConfigBinding.delete().where(ConfigBinding.actor_dbid == actor_dbid).execute()
+
+
 class SchemaStep(SharingModel):
     """Data migrations already applied to this database (one row each), so each runs exactly once."""
 

@@ -20,9 +20,9 @@ LAYERS: dict[str, set[str]] = {
     "build": {"sandbox", "images"},                     # the Containerfile builder, a client of both
     "store": {"config", "ids"},                         # peewee models, the database, the mailbox
     "protocol": set(),                                  # Abaco's errors, fields, display forms
-    "sharing": {"protocol", "store", "config", "ids"},  # who may do what
+    "sharing": {"protocol", "store", "sandbox", "config", "ids"},  # who may do what (sandbox: netpolicy)
     "abaco": {"sharing", "protocol", "store", "sandbox", "images", "config", "ids"},  # the lifecycle
-    "automation": {"abaco", "sharing", "protocol", "store", "config", "ids"},  # events, links, cron
+    "automation": {"abaco", "sharing", "protocol", "store", "sandbox", "config", "ids"},  # events, cron
     "queries": {"abaco", "automation", "sharing", "protocol", "store", "config", "ids"},  # search, admin
     "http": {"abaco", "sharing", "queries", "protocol", "config", "ids"},  # never store, never automation
     "workers": {"abaco", "automation", "store", "sandbox", "images", "protocol", "config", "ids"},

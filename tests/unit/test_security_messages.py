@@ -485,8 +485,6 @@ def test_fuzz_message_and_actor_parsers(sharing_env):
     assert FUZZ_TRIED["inputs"] >= min(FUZZ_EXAMPLES, 100)
 
 
-@pytest.mark.xfail(reason="100k-deep JSON answers 500 until the parsing helper's fix (issue 8 item 12, "
-                          "lightabaco/http/parsing.py) lands; not this area's file", strict=False)
 def test_deeply_nested_json_message_is_a_400(sharing_client):
     c, h = sharing_client.client, sharing_client.h
     aid = sharing_client.create_actor("owner")

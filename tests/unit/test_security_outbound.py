@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from lightabaco.automation import events
+from lightabaco.sharing import links
 from lightabaco.protocol.errors import ValidationError
 from lightabaco.sandbox import netpolicy
 from lightabaco.sandbox.netpolicy import AddressPolicy, AddressRefused, is_public, parse_hosts
@@ -87,13 +88,13 @@ def test_webhook_registration_refuses_private_destinations(sharing_env) -> None:
     for url in ("http://127.0.0.1:9/x", "http://localhost:9/x", "http://169.254.169.254/latest/",
                 "http://[::ffff:127.0.0.1]/", "http://10.0.0.1/"):
         with pytest.raises(ValidationError, match="WEBHOOK_ALLOWED_HOSTS"):
-            events.validate_webhook(services, url)
+            links.validate_webhook(services, url)
     with pytest.raises(ValidationError, match="http://"):
-        events.validate_webhook(services, "file:///etc/passwd")
+        links.validate_webhook(services, "file:///etc/passwd")
     own = f"http://127.0.0.1:{services.settings.port}/actors/x/messages?x-nonce=abc"
-    assert events.validate_webhook(services, own) == own
+    assert links.validate_webhook(services, own) == own
     services.settings.webhook_allowed_hosts = "127.0.0.1:9"
-    assert events.validate_webhook(services, "http://127.0.0.1:9/x")
+    assert links.validate_webhook(services, "http://127.0.0.1:9/x")
 
 
 def test_delivery_to_a_refused_address_never_connects(monkeypatch: pytest.MonkeyPatch) -> None:
