@@ -14,7 +14,8 @@ image configs), `unpack` (the safe unpacker), `registry` (distribution API v2 cl
 """
 
 from .reference import Reference, normalize, parse_reference
-from .store import ImageStore
-from .unpack import UNPACKER_VERSION, UnpackLimits
+from .store import ImageStore, StoreQuota
+from .unpack import UNPACKER_VERSION, UnpackLimits, UnpackQuotaError
 
-__all__ = ["ImageStore", "Reference", "parse_reference", "normalize", "UnpackLimits", "UNPACKER_VERSION"]
+__all__ = ["ImageStore", "StoreQuota", "Reference", "parse_reference", "normalize", "UnpackLimits",
+           "UnpackQuotaError", "UNPACKER_VERSION"]
