@@ -95,9 +95,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # -- images (local, through the image store) ------------------------------------------------------------
 
 def _store(args: argparse.Namespace) -> Any:
-    from .sandbox.images import ImageStore
+    from .config import Settings
+    from .image_store import open_image_store
 
-    return ImageStore(args.home / "images")
+    return open_image_store(Settings.from_env(home=args.home))
 
 
 def cmd_images(args: argparse.Namespace) -> int:
