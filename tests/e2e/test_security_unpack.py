@@ -35,6 +35,8 @@ def make_sentinel() -> Path:
     (s / "precious").write_text("keep me")
     os.chmod(s / "precious", 0o600)
     os.utime(s / "precious", (OLD, OLD))
+    (s / "open").mkdir()
+    os.chmod(s / "open", 0o1777)  # like /tmp: anyone (the sandbox user too) could create files here
     os.chmod(s, 0o711)
     os.utime(s, (OLD, OLD))
     return s
@@ -42,25 +44,28 @@ def make_sentinel() -> Path:
 
 def state(s: Path) -> tuple:
     st, pst = os.lstat(s), os.lstat(s / "precious")
-    return (sorted(os.listdir(s)), stat.S_IMODE(st.st_mode), st.st_mtime_ns, stat.S_IMODE(pst.st_mode),
+    return (sorted(os.listdir(s)), sorted(os.listdir(s / "open")), stat.S_IMODE(st.st_mode), st.st_mtime_ns, stat.S_IMODE(pst.st_mode),
             pst.st_uid, pst.st_mtime_ns, (s / "precious").read_text())
 
 
-def hostile_layout(dest: Path, sentinel: Path) -> Path:
-    host = "/oldroot" + str(sentinel)  # what bwrap sees as the host's path during its setup
-    hostile = [
-        Entry("d", tarfile.DIRTYPE, mode=0o777, mtime=5), Entry("d/e", tarfile.DIRTYPE, mode=0o777),
-        symlink("d", str(sentinel / "precious")),  # item 1: the deferred chmod/utime went through this
-        Entry("hd", tarfile.DIRTYPE, mode=0o777, mtime=5), symlink("hd", str(sentinel)),
-        symlink("_abaco_results.sock", host + "/results-sock"), symlink("_abaco_binary_data", host + "/bd"),
-        symlink("proc", host + "/proc"), symlink("dev", host + "/dev"), symlink("sys", host + "/sys"),
-        symlink("tmp", host + "/tmp"), symlink("etc/hosts", host + "/hosts"),
-        symlink("etc/resolv.conf", host + "/resolv.conf"), symlink("w", host + "/w"),
-    ]
+def hostile_layout(dest: Path, sentinel: Path, *, swap: bool = True, workdir_link: bool = True) -> Path:
+    host = "/oldroot" + str(sentinel / "open")  # what bwrap sees as the host's path during its setup
+    hostile: list[Entry] = []
+    if swap:  # item 1: the deferred chmod/utime of d and hd went through these links
+        hostile += [Entry("d", tarfile.DIRTYPE, mode=0o777, mtime=5), symlink("d", str(sentinel / "precious")),
+                    Entry("hd", tarfile.DIRTYPE, mode=0o777, mtime=5), symlink("hd", str(sentinel))]
+    hostile += [symlink("_abaco_results.sock", host + "/results-sock"), symlink("_abaco_binary_data", host + "/bd"),
+                symlink("proc", host + "/proc"), symlink("dev", host + "/dev"), symlink("sys", host + "/sys"),
+                symlink("tmp", host + "/tmp"), symlink("etc/hosts", host + "/hosts"),
+                symlink("etc/resolv.conf", host + "/resolv.conf")]
+    config = {"Env": list(DEFAULT_ENV), "Cmd": ["/app/run.sh"], "WorkingDir": "/app"}
+    if workdir_link:
+        hostile.append(symlink("w", host + "/w"))
+        config["WorkingDir"] = "/w/app"
     w = OciLayoutWriter(media_types="oci")
     w.add_layer(busybox_entries() + [dir("app"), file("app/run.sh", SCRIPT, mode=0o755)])
     w.add_layer(hostile)
-    w.finish({"Env": list(DEFAULT_ENV), "Cmd": ["/app/run.sh"], "WorkingDir": "/w/app"})
+    w.finish(config)
     w.write_layout(dest)
     return dest
 
@@ -87,7 +92,7 @@ def test_hostile_image_on_a_live_server_leaves_the_host_alone(live_server, senti
     layout = hostile_layout(tmp_path / "hostile", sentinel)
     code, out, err = cli(live_server.home, "images", "import", str(layout), "--tag", "sec/hostile:1")
     assert code == 0, err
-    assert state(sentinel)[3] == 0o600  # the import itself did not chmod the host file
+    assert state(sentinel)[4] == 0o600  # the import itself did not chmod the host file
     actor = live_server.register(image="sec/hostile:1")
     eid = live_server.send(actor["id"], "hi")
     ex = live_server.wait_execution(actor["id"], eid, ("COMPLETE", "ERROR"), timeout=60)
@@ -96,16 +101,28 @@ def test_hostile_image_on_a_live_server_leaves_the_host_alone(live_server, senti
     assert "pwd=/w/app" in logs and "done" in logs, logs
 
 
-def test_symlinked_mount_points_under_bwrap_create_nothing_on_the_host(sandbox_dir: Path, bwrap_backend,
-                                                                       sentinel: Path) -> None:
+MOUNT_LINKS = ("_abaco_results.sock", "_abaco_binary_data", "proc", "dev", "sys", "tmp", "etc/hosts",
+               "etc/resolv.conf", "etc")
+
+
+@pytest.mark.parametrize("name", MOUNT_LINKS)
+def test_symlinked_mount_point_under_bwrap_creates_nothing_on_the_host(sandbox_dir: Path, bwrap_backend,
+                                                                       sentinel: Path, name: str) -> None:
+    # With the old unpacker the link stayed, and bwrap created the bind target through it on the host
+    # (an empty file for the results socket and the binary message) or failed to set up.
     from lightabaco.sandbox.images import ImageStore
 
-    layout = hostile_layout(sandbox_dir / "hostile", sentinel)
-    (image,) = ImageStore(sandbox_dir / "images").import_path(layout, tag="sec/hostile-bwrap:1")
-    res = bwrap_backend.run(ExecSpec(image=image, binary_message=b"12345", limits=Limits(wall_timeout_s=20)))
-    text = Path(res.log_path).read_text()
-    assert res.exit_code == 0, text
-    assert "pwd=/w/app" in text and "bin=5" in text and "done" in text, text
+    w = OciLayoutWriter(media_types="oci")
+    w.add_layer(busybox_entries() + [dir("app"), file("app/run.sh", SCRIPT, mode=0o755)])
+    w.add_layer([symlink(name, "/oldroot" + str(sentinel / "open" / name.replace("/", "-")))])
+    w.finish({"Env": list(DEFAULT_ENV), "Cmd": ["/app/run.sh"], "WorkingDir": "/app"})
+    w.write_layout(sandbox_dir / "layout")
+    (image,) = ImageStore(sandbox_dir / "images").import_path(sandbox_dir / "layout", tag="sec/mount-link:1")
+    res = bwrap_backend.run(ExecSpec(image=image, binary_message=b"12345", network="host",
+                                     limits=Limits(wall_timeout_s=20)))
+    text = Path(res.log_path).read_text() if res.log_path else ""
+    assert res.exit_code == 0, (res, text)
+    assert "pwd=/app" in text and "bin=5" in text and "done" in text, text
 
 
 # ---------------------------------------------------------------------------------------------------
