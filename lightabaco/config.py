@@ -74,6 +74,14 @@ class Settings:
     log_level: str = "info"
 
     # -- images: unpack quotas, mount points --
+    # Per image: most bytes of file data its layers may unpack to, and most files, directories and
+    # links it may create (a 2 MiB gzip can expand to 2 GiB or to 226k inodes). 0 = unlimited.
+    image_max_bytes: int = 8 << 30
+    image_max_inodes: int = 500_000
+    # Per home: quota on all unpacked images of the image store together (checked before and during
+    # each unpack; `lightabaco images rm` frees space). 0 = unlimited.
+    images_max_bytes: int = 64 << 30
+    images_max_inodes: int = 4_000_000
 
     # -- messages: environment rules, result and queue quotas --
     # Results one execution may store (datagrams past either cap are dropped, and the execution's

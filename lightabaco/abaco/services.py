@@ -53,9 +53,9 @@ class Services:
     def images(self) -> Any:
         """The sandbox image store (created on first use: the API alone may never need it)."""
         if self._images is None:
-            from lightabaco.images import ImageStore
+            from lightabaco.images import open_image_store
 
-            self._images = ImageStore(self.settings.images_dir)
+            self._images = open_image_store(self.settings)
         return self._images
 
     @property

@@ -95,9 +95,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # -- images (local, through the image store) ------------------------------------------------------------
 
 def _store(args: argparse.Namespace) -> Any:
-    from lightabaco.images import ImageStore
+    from lightabaco.config import Settings
+    from lightabaco.images import open_image_store
 
-    return ImageStore(args.home / "images")
+    return open_image_store(Settings.from_env(home=args.home))
 
 
 def cmd_images(args: argparse.Namespace) -> int:

@@ -17,7 +17,8 @@ like the sandbox, a library usable on its own.
 """
 
 from .reference import Reference, normalize, parse_reference
-from .store import ImageStore
-from .unpack import UNPACKER_VERSION, UnpackLimits
+from .store import ImageStore, StoreQuota, open_image_store
+from .unpack import UNPACKER_VERSION, UnpackLimits, UnpackQuotaError
 
-__all__ = ["ImageStore", "Reference", "parse_reference", "normalize", "UnpackLimits", "UNPACKER_VERSION"]
+__all__ = ["ImageStore", "StoreQuota", "Reference", "parse_reference", "normalize", "UnpackLimits",
+           "UnpackQuotaError", "UNPACKER_VERSION", "open_image_store"]

@@ -34,11 +34,19 @@ from lightabaco.sandbox.errors import ImageError, ImageNotFound
 from lightabaco.sandbox.types import ImageConfig, PreparedImage
 from . import oci
 from .reference import is_image_id, parse_reference
-from .unpack import (UNPACKER_VERSION, LayerSource, Unpacker, UnpackLimits, chown_tree, force_rmtree,
-                     prepare_rootfs, tree_size)
+from .unpack import (UNPACKER_VERSION, Budget, LayerSource, Unpacker, UnpackLimits, UnpackQuotaError,
+                     chown_tree, force_rmtree, prepare_rootfs, tree_size)
 
 Progress = Callable[[str, int, "int | None", str], None]
 STALE_TMP_S = 60.0  # staging dirs older than this whose lock is free belong to a crashed process
+
+
+@dataclass
+class StoreQuota:
+    """Caps on all unpacked images of one store together (None or 0: unlimited)."""
+
+    max_bytes: int | None = None  # LIGHTABACO_IMAGES_MAX_BYTES
+    max_inodes: int | None = None  # LIGHTABACO_IMAGES_MAX_INODES
 
 
 @dataclass
@@ -83,8 +91,12 @@ class ImageStore:
     """Images on local disk, ready to run. See the module docstring for the layout and locking."""
 
     def __init__(self, root: Path | str, *, limits: UnpackLimits | None = None,
-                 insecure_registries: tuple[str, ...] = (), rootfs_owner: tuple[int, int] | None = None) -> None:
+                 insecure_registries: tuple[str, ...] = (), rootfs_owner: tuple[int, int] | None = None,
+                 quota: StoreQuota | None = None) -> None:
         """Open (creating if needed) the store at `root`.
+
+        `limits`: per-image caps on what one unpack may write; `quota`: caps on all unpacked images of
+        the store together (both checked as each layer entry arrives).
 
         `insecure_registries`: registry hosts that may be pulled over plain http (loopback ones always may).
         `rootfs_owner`: (uid, gid) to own unpacked trees when the store runs as root but sandboxes run as
@@ -92,6 +104,7 @@ class ImageStore:
         """
         self.root = Path(root)
         self.limits = limits or UnpackLimits()
+        self.quota = quota or StoreQuota()
         self.insecure_registries = tuple(insecure_registries)
         self.rootfs_owner = rootfs_owner if os.geteuid() == 0 else None
         for d, mode in ((self.root, 0o711), (self.root / "blobs", 0o700), (self.root / "blobs" / "sha256", 0o700),
@@ -320,10 +333,12 @@ class ImageStore:
         with self._lock("unpack-" + config_digest.split(":", 1)[1]):
             if (final / "meta.json").exists():
                 return False  # another process unpacked it while we waited
+            self._drop_stale_versions(config_digest)
+            budget = self._budget()  # refuses here, before anything is written, when the store is full
             with self._staging() as stage:
                 root = stage / "rootfs"
                 root.mkdir(mode=0o755)
-                unpacker = Unpacker(root, self.limits, progress)
+                unpacker = Unpacker(root, self.limits, progress, budget)
                 try:
                     stats = unpacker.apply(layers(stage))
                     cfg = oci.parse_image_config(config)
@@ -340,6 +355,7 @@ class ImageStore:
                 meta = {"unpacker": UNPACKER_VERSION, "config": config_digest,
                         "diff_ids": oci.diff_ids_of(config),
                         "layers": unpacker.layer_digests, "bytes": size, "entries": entries,
+                        "inodes": stats.inodes,
                         "stats": stats.as_dict(), "unpacked": time.time()}
                 (stage / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks complete
                 stage.chmod(0o711)
@@ -347,6 +363,54 @@ class ImageStore:
                     force_rmtree(final)  # an incomplete leftover
                 os.rename(stage, final)
                 return True
+
+    def _drop_stale_versions(self, config_digest: str) -> None:
+        """Remove this image's trees made by other unpacker versions: never used again, they only hold space
+        (and count toward the quota). Called under the image's unpack lock."""
+        hexd = config_digest.split(":", 1)[1]
+        current = self._rootfs_dir(config_digest).name
+        for d in os.listdir(self.root / "rootfs"):
+            if d.startswith(hexd + ".") and d != current:
+                force_rmtree(self.root / "rootfs" / d)
+
+    def usage(self) -> tuple[int, int, int]:
+        """(unpacked bytes, inodes, images) of every tree in rootfs/, from their meta.json."""
+        total_bytes = total_inodes = images = 0
+        for d in os.listdir(self.root / "rootfs"):
+            try:
+                meta = json.loads((self.root / "rootfs" / d / "meta.json").read_text())
+            except (FileNotFoundError, NotADirectoryError, ValueError):
+                continue
+            if not isinstance(meta, dict):
+                continue
+            images += 1
+            total_bytes += int(meta.get("bytes") or 0)
+            total_inodes += int(meta.get("inodes") or meta.get("entries") or 0)
+        return total_bytes, total_inodes, images
+
+    def _budget(self) -> Budget | None:
+        """What the store's quota leaves for one more unpack; UnpackQuotaError when nothing is left."""
+        max_bytes, max_inodes = self.quota.max_bytes or None, self.quota.max_inodes or None
+        if max_bytes is None and max_inodes is None:
+            return None
+        used_bytes, used_inodes, images = self.usage()
+
+        def explain(kind: str) -> str:
+            limit, used, setting, unit = ((max_bytes, used_bytes, "LIGHTABACO_IMAGES_MAX_BYTES", "bytes")
+                                          if kind == "bytes" else
+                                          (max_inodes, used_inodes, "LIGHTABACO_IMAGES_MAX_INODES",
+                                           "files, directories and links"))
+            return (f"the image store in {self.root} has a quota of {limit} unpacked {unit} ({setting}); "
+                    f"{used} are used by {images} image(s) and this image needs more. Free space with "
+                    f"`lightabaco images rm IMAGE` (`lightabaco images list` shows them), or ask the "
+                    f"operator to raise {setting}")
+
+        if max_bytes is not None and used_bytes >= max_bytes:
+            raise UnpackQuotaError(explain("bytes"))
+        if max_inodes is not None and used_inodes >= max_inodes:
+            raise UnpackQuotaError(explain("inodes"))
+        return Budget(bytes_left=None if max_bytes is None else max_bytes - used_bytes,
+                      inodes_left=None if max_inodes is None else max_inodes - used_inodes, explain=explain)
 
     # ---------------------------------------------------------------------------------------------
     # Import
@@ -642,3 +706,12 @@ class ImageStore:
     def disk_usage(self) -> int:
         """Bytes used by the whole store."""
         return sum(tree_size(self.root / d)[0] for d in ("blobs", "rootfs"))
+
+
+def open_image_store(settings: Any, **kwargs: Any) -> ImageStore:
+    """The image store under an instance's home, with the per-image limits and the per-home quota of its
+    settings (`image_max_*`, `images_max_*`). Takes any object with those attributes: the image store does
+    not import the service's settings module."""
+    limits = UnpackLimits(max_bytes=settings.image_max_bytes, max_inodes=settings.image_max_inodes)
+    quota = StoreQuota(max_bytes=settings.images_max_bytes, max_inodes=settings.images_max_inodes)
+    return ImageStore(settings.images_dir, limits=limits, quota=quota, **kwargs)

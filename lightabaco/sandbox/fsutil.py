@@ -3,54 +3,34 @@
 from __future__ import annotations
 
 import os
-import shutil
-import stat
 from pathlib import Path
+
+from .safepath import remove_at
 
 
 def force_rmtree(path: Path | str, *, ignore_errors: bool = False) -> None:
     """Remove a tree even when it holds dirs without u+rwx (chmod them first); never follows symlinks.
 
-    A missing path is not an error. With ignore_errors (cleanup in a `finally`, where raising would
-    hide the real error), whatever cannot be removed is left behind silently."""
+    Works on directory fds below the parent of `path` (safepath.remove_at), so a link inside the tree,
+    even one swapped in while we remove it, is unlinked and never followed. A missing path is not an
+    error. With ignore_errors (cleanup in a `finally`, where raising would hide the real error),
+    whatever cannot be removed is left behind silently."""
     if ignore_errors:
         try:
             force_rmtree(path)
         except OSError:
             pass
         return
-    path = os.fspath(path)
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    if not name:
+        raise OSError(f"refusing to remove the root directory {path!r}")
     try:
-        st = os.lstat(path)
+        # the caller's path is trusted (it may pass through links of its own); what is below is not
+        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
-        return
-
-    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
-        # A dir without u+rwx cannot be listed or emptied: fix its mode and retry once.
-        parent = os.path.dirname(p)
-        for d in (parent, p):
-            try:
-                if stat.S_ISDIR(os.lstat(d).st_mode):
-                    os.chmod(d, 0o700)
-            except OSError:
-                pass
-        try:
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, onerror=_raise)
-            else:
-                func(p)
-        except FileNotFoundError:
-            pass
-
     try:
-        os.chmod(path, 0o700)
-    except OSError:
-        pass
-    shutil.rmtree(path, onerror=onerror)
-
-
-def _raise(func, p, exc_info):  # type: ignore[no-untyped-def]
-    raise exc_info[1]
+        remove_at(parent_fd, name)
+    finally:
+        os.close(parent_fd)
