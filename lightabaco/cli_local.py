@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli_common import EXIT_ERROR, EXIT_OK, emit, kv, progress_for, table
+from .cli_common import EXIT_ERROR, EXIT_OK, emit, kv, progress_for, table, version
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_samples:
         _ensure_samples(settings.images_dir, settings.home / "build-cache", args)
     base = f"http://{settings.host}:{settings.port}"
-    print(f"lightabaco {_version()} serving on {base} (home {settings.home}, {settings.workers} workers)",
+    print(f"lightabaco {version()} serving on {base} (home {settings.home}, {settings.workers} workers)",
           file=args.err)
     if token:
         print("Paste this into another shell to use the walkthrough:", file=args.err)
@@ -63,25 +63,16 @@ def _ensure_samples(images_dir: Path, cache_dir: Path, args: argparse.Namespace)
         print(f"sample images ready in {elapsed:.1f} s (cached for next time)", file=args.err)
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("lightabaco")
-    except Exception:  # not installed as a distribution (running from a source tree)
-        return "dev"
-
-
 def cmd_token(args: argparse.Namespace) -> int:
-    from .users_cli import token_main
+    from .users_cli import run_token
 
-    return token_main(args.rest, args.home, out=args.out, err=args.err)
+    return run_token(args, args.home, out=args.out, err=args.err)
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from .users_cli import users_main
+    from .users_cli import run_users
 
-    return users_main(args.rest, args.home, out=args.out, err=args.err)
+    return run_users(args, args.home, out=args.out, err=args.err)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
