@@ -248,7 +248,8 @@ def _quick_key(context: Path, file: str | None, build_args: dict[str, str] | Non
             return None
     elif bases.builtin_name(base) == bases.PYTHON:
         helper = (Path(bases.__file__).resolve().parent.parent / "actor.py").read_bytes()
-        base_id = "python:" + hashlib.sha256(helper).hexdigest() + ":" + bases.BASES_VERSION
+        base_id = ("python:" + hashlib.sha256(helper).hexdigest() + ":" + bases.BASES_VERSION + ":"
+                   + bases.PYTHON_LAYOUT_VERSION)
     else:
         return None
     ignore = ignore_patterns(context.resolve())
