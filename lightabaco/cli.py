@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_users_commands(users, lambda p: _common(p, top=False))
     verb("doctor", cmd_doctor, "check what this host supports and how to fix what is missing")
 
-    images = verb("images", cmd_images, "local images: list, import, pull, build, rm, samples")
+    images = verb("images", cmd_images, "local images: list, import, pull, build, rm, prune, samples")
     isub = images.add_subparsers(dest="images_cmd", required=True, metavar="COMMAND")
     p = isub.add_parser("list", help="images in the store")
     _common(p, top=False)
@@ -356,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = isub.add_parser("rm", help="remove an image name (the image goes when no name is left)")
     _common(p, top=False)
     p.add_argument("ref", help="image name or id")
+    p = isub.add_parser("prune", help="remove images no name uses (replaced by a rebuild, or whose names were "
+                        "removed) and the build step cache")
+    _common(p, top=False)
     p = isub.add_parser("samples", help="build the sample images (abacosamples/test, wc, ...)")
     _common(p, top=False)
     p.add_argument("--no-python", action="store_true", help="only the busybox samples (no Debian mirror needed)")

@@ -98,9 +98,26 @@ def cmd_images(args: argparse.Namespace) -> int:
     try:
         if args.images_cmd == "list":
             rows = store.list()
-            emit(args, rows, lambda: table(
-                [{**r, "id": (r.get("id") or "")[7:19], "size": _mb(r.get("size"))} for r in rows],
-                [("reference", "REFERENCE"), ("id", "IMAGE ID"), ("size", "SIZE"), ("source", "SOURCE")], args.out))
+
+            def human() -> None:
+                table([{**r, "reference": r.get("reference") or "<none>", "id": (r.get("id") or "")[7:19],
+                        "size": _mb(r.get("size"))} for r in rows],
+                      [("reference", "REFERENCE"), ("id", "IMAGE ID"), ("size", "SIZE"), ("source", "SOURCE")],
+                      args.out)
+                unnamed = sum(r.get("size") or 0 for r in rows if not r.get("reference"))
+                print(f"{_mb(store.disk_usage())} on disk in {store.root}"
+                      + (f"; `lightabaco images prune` frees about {_mb(unnamed)} of <none> images" if unnamed
+                         else ""), file=args.out)
+
+            emit(args, rows, human)
+        elif args.images_cmd == "prune":
+            from .sandbox.build_cache import StepCache
+
+            freed = store.gc()
+            steps = StepCache(args.home / "build-cache").prune()
+            data = {"images_bytes": freed, "step_cache_bytes": steps}
+            emit(args, data, lambda: print(f"freed {_mb(freed)} of images no name uses and {_mb(steps)} of "
+                                           "cached build steps", file=args.out))
         elif args.images_cmd == "import":
             images = store.import_path(Path(args.path), tag=args.tag, progress=progress)
             data = [{"reference": i.reference, "id": i.config_digest} for i in images]
@@ -115,6 +132,7 @@ def cmd_images(args: argparse.Namespace) -> int:
         elif args.images_cmd == "build":
             from .sandbox.build import build
 
+            replaced = _image_id(store, args.tag) if args.tag else None
             result = build(Path(args.dir), store, cache_dir=args.home / "build-cache", tag=args.tag,
                            file=args.file, build_args=kv(args.build_arg, "--build-arg"), network=args.network,
                            engine=args.engine, progress=progress, no_cache=args.no_cache)
@@ -123,6 +141,10 @@ def cmd_images(args: argparse.Namespace) -> int:
             emit(args, data, lambda: print(
                 f"built {args.tag or '(untagged)'} {result.config_digest[:19]} in {result.seconds:.1f} s"
                 + (" (cached)" if result.cached else ""), file=args.out))
+            if replaced and replaced != result.config_digest and not args.json:
+                size = next((r.get("size") for r in store.list() if r.get("id") == replaced), None)
+                print(f"the image {args.tag} named before ({replaced[7:19]}, {_mb(size) or 'size unknown'}) "
+                      "stays on disk until `lightabaco images prune`", file=args.err)
         elif args.images_cmd == "rm":
             removed = store.remove(args.ref)
             emit(args, {"removed": args.ref, "id": removed}, lambda: print(f"removed {args.ref}", file=args.out))
@@ -137,6 +159,13 @@ def cmd_images(args: argparse.Namespace) -> int:
         if progress:
             progress.close()
     return EXIT_OK
+
+
+def _image_id(store: Any, ref: str) -> str | None:
+    try:
+        return store.get(ref).config_digest
+    except Exception:  # ImageNotFound or an invalid name: nothing is replaced
+        return None
 
 
 def _mb(size: Any) -> str:
