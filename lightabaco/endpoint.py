@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 RUN_FILE = Path("run") / "server.json"
 
@@ -93,7 +94,27 @@ def published(home: Path, host: str, port: int) -> Iterator[str]:
     """Record the server's address for the duration of the block; removed on the way out."""
     url = client_url(host, port)
     write(home, url)
+    # uvicorn stops cleanly on SIGINT/SIGTERM, then re-raises the signal to the handler that was there
+    # before it started, which by default ends the process before any `finally` runs: install one that
+    # removes the record first, then lets the signal do what it did before.
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        remove(home)
+        signal.signal(signum, previous[signum])
+        signal.raise_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (tests): the finally below still covers normal exits
+            break
     try:
         yield url
     finally:
         remove(home)
+        for sig, handler in previous.items():
+            try:
+                signal.signal(sig, handler)
+            except ValueError:
+                pass
