@@ -90,12 +90,10 @@ def test_readme_first_hour_as_an_ordinary_user(newcomer, tmp_path):
         assert exports["BASE"] == f"http://127.0.0.1:{port}"
         serve_s = time.monotonic() - started
         record = home / ".lightabaco" / "run" / "server.json"
-        script = tmp_path / "walkthrough.sh"
-        script.write_text(walkthrough_script())
-        script.chmod(0o644)
+        # The walkthrough's bash blocks, in order, on stdin (the user cannot read pytest's 0700 tmp dirs).
         walk = subprocess.run(_as(newcomer, f"cd ~/lightabaco && export BASE={exports['BASE']} "
-                                            f"TOKEN={exports['TOKEN']} WAIT_LIMIT=120 && bash {script}"),
-                              capture_output=True, text=True, timeout=300)
+                                            f"TOKEN={exports['TOKEN']} WAIT_LIMIT=120 && bash -s"),
+                              input=walkthrough_script(), capture_output=True, text=True, timeout=300)
         assert walk.returncode == 0, f"walkthrough failed:\n{walk.stdout[-2000:]}\n{walk.stderr[-3000:]}"
         out = walk.stdout
         assert re.search(r"^4$", out, re.M) and '"brightness": "medium"' in out   # wc's result, classify's
