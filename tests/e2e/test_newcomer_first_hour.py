@@ -90,6 +90,20 @@ def test_readme_first_hour_as_an_ordinary_user(newcomer, tmp_path):
         assert exports["BASE"] == f"http://127.0.0.1:{port}"
         serve_s = time.monotonic() - started
         record = home / ".lightabaco" / "run" / "server.json"
+        # The exports come out just before the API binds its port: wait (with a limit) until it answers,
+        # as a person pasting them into another shell does without noticing.
+        import requests
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{exports['BASE']}/actors", timeout=5,
+                                headers={"Authorization": f"Bearer {exports['TOKEN']}"}).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
         # The walkthrough's bash blocks, in order, on stdin (the user cannot read pytest's 0700 tmp dirs).
         walk = subprocess.run(_as(newcomer, f"cd ~/lightabaco && export BASE={exports['BASE']} "
                                             f"TOKEN={exports['TOKEN']} WAIT_LIMIT=120 && bash -s"),
