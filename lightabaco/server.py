@@ -193,7 +193,10 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
             server = _uvicorn_server(settings, services)
             log.info("lightabaco listening on http://%s:%d (home %s)", settings.host, settings.port,
                      settings.home)
-            server.run()  # uvicorn handles SIGINT/SIGTERM and returns
+            from lightabaco.endpoint import published
+
+            with published(settings.home, settings.host, settings.port):  # lets the CLI find this port
+                server.run()  # uvicorn handles SIGINT/SIGTERM and returns
         else:
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):

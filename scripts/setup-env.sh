@@ -2,9 +2,12 @@
 # Safe to run again: it only installs what is missing. Sets VENV for the caller.
 #   LIGHTABACO_VENV  where the virtualenv goes (default: .venv in the source tree)
 #   PYTHON           the interpreter that creates it (default: python3; 3.11 or newer)
-# bubblewrap runs the sandboxes; busybox-static and mmdebstrap make the offline sample bases;
-# docker-registry and apache2-utils (htpasswd) serve the registry tests; jq and curl run the README.
-APT_PACKAGES="bubblewrap busybox-static mmdebstrap docker-registry apache2-utils jq curl ca-certificates python3-venv"
+# bubblewrap runs the sandboxes; busybox-static and mmdebstrap make the offline sample bases, and
+# mmdebstrap needs uidmap (newuidmap/newgidmap) to build the Python base as an ordinary user; xz-utils lets it
+# unpack the Debian packages; docker-registry and apache2-utils (htpasswd) serve the
+# registry tests; jq and curl run the README; git clones the repository (tests make fresh clones).
+APT_PACKAGES="bubblewrap busybox-static mmdebstrap uidmap xz-utils docker-registry"
+APT_PACKAGES="$APT_PACKAGES apache2-utils jq curl ca-certificates python3-venv git"
 # Callers may ask for more (scripts/test.sh adds podman and runc, so the podman backend is tested too).
 APT_PACKAGES="$APT_PACKAGES ${EXTRA_APT_PACKAGES:-}"
 missing=""
@@ -24,6 +27,17 @@ if [ -n "$missing" ]; then
     echo "run: sudo apt-get install -y$missing" >&2
     echo "(continuing: what needs them will fail with the same hint)" >&2
   fi
+fi
+# As an ordinary user, mmdebstrap maps the ids of a Debian tree through /etc/subuid and /etc/subgid.
+if [ "$(id -u)" != 0 ]; then
+  me="$(id -un)"
+  for f in /etc/subuid /etc/subgid; do
+    if ! grep -qE "^($me|$(id -u)):[0-9]+:[0-9]+" "$f" 2>/dev/null; then
+      echo "lightabaco: $f has no range for $me (the Python sample images need one)" >&2
+      echo "run: sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $me" >&2
+      break
+    fi
+  done
 fi
 VENV="${LIGHTABACO_VENV:-$PWD/.venv}"
 PY="${PYTHON:-python3}"

@@ -31,6 +31,13 @@ PYTHON = "lightabaco/python:3"
 BASES_VERSION = "1"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PYTHON_PACKAGES = ["python3", "python3-cloudpickle", "python3-pip"]
+# The python base's environment. PIP_BREAK_SYSTEM_PACKAGES: Debian 12 marks its Python "externally
+# managed" (PEP 668), so a plain `RUN pip install six` would refuse; in an image built for one actor that
+# guard protects nothing, and Debian's pip installs into /usr/local, leaving dpkg's files alone. This is
+# what the official python images give too (their Python lives in /usr/local, without the marker).
+PYTHON_ENV = [DEFAULT_PATH, "LANG=C.UTF-8", "PYTHONUNBUFFERED=1", "PIP_BREAK_SYSTEM_PACKAGES=1"]
+# Bumped when the python layout changes without the Debian tree changing (no new mmdebstrap run).
+PYTHON_LAYOUT_VERSION = "2"
 PASSWD = ("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
           "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
 GROUP = "root:x:0:\napp:x:1000:\nnogroup:x:65534:\n"
@@ -218,7 +225,8 @@ def _helper_layer(dest: Path) -> None:
 def python_layout(cache_dir: Path, progress: Progress | None = None) -> Path:
     debian = _mmdebstrap_tar(cache_dir, progress)
     helper_hash = hashlib.sha256((Path(__file__).resolve().parent.parent / "actor.py").read_bytes()).hexdigest()
-    key = hashlib.sha256(f"{debian.name}:{helper_hash}:{BASES_VERSION}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{debian.name}:{helper_hash}:{BASES_VERSION}:{PYTHON_LAYOUT_VERSION}".encode()
+                         ).hexdigest()[:16]
     dest = cache_dir / "bases" / f"python-{key}"
     if (dest / "index.json").exists():
         return dest
@@ -227,7 +235,7 @@ def python_layout(cache_dir: Path, progress: Progress | None = None) -> Path:
     writer.add_layer_tar(debian, move=False)
     _helper_layer(tmp / "helper.tar")
     writer.add_layer_tar(tmp / "helper.tar")
-    writer.finish({"Env": [DEFAULT_PATH, "LANG=C.UTF-8", "PYTHONUNBUFFERED=1"], "Cmd": ["python3"],
+    writer.finish({"Env": list(PYTHON_ENV), "Cmd": ["python3"],
                    "Labels": {"org.lightabaco.base": "debian-python3"}}, ref=PYTHON)
     return _publish(tmp, dest)
 

@@ -9,7 +9,9 @@ How (bwrap engine, the default):
 3. The tree is compared with a snapshot of the base; what changed becomes one new layer on top of the
    base's layers, written as an OCI layout and imported with `ImageStore.import_path`.
 The result is cached by a hash of the Containerfile, the build context, the build arguments and the
-base's image ID: a second build of the same inputs only re-tags.
+base's image ID: a second build of the same inputs only re-tags. Each step is also cached on its own
+inputs (cache.py), so a build that changes only late steps (CMD, a last COPY) reuses the RUN
+steps before them.
 
 With `engine="podman"` podman builds instead (`podman build --isolation=chroot`, private storage under
 the cache directory) and its `oci-archive` is imported the same way.
@@ -24,8 +26,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Protocol
 
 from . import bases
+from .cache import StepCache, apply_layer, checkpoint_steps, first_key, last_file_step, step_keys
 from .podman import build_podman
 from .results import BuildResult, Progress, Store
 from .steps import BuildState, TreeBuilder, apply, arg_defaults, ignore_patterns, ignored
@@ -96,8 +101,10 @@ def _clean_stale_work(cache_dir: Path) -> None:
 
 def build_layout(context: Path, dest: Path, store: Store, cache_dir: Path, *, tag: str | None = None,
                  file: str | None = None, build_args: dict[str, str] | None = None, network: str = "host",
-                 progress: Progress | None = None) -> tuple[str, str, list[str]]:
-    """Build `context` into an OCI layout at `dest`; returns (config digest, cache key, step log)."""
+                 progress: Progress | None = None, no_cache: bool = False) -> tuple[str, str, list[str]]:
+    """Build `context` into an OCI layout at `dest`; returns (config digest, cache key, step log).
+    Steps whose inputs did not change since an earlier build come from the step cache (cache.py)
+    unless `no_cache`."""
     context = context.resolve()
     containerfile = find_containerfile(context, file)
     text = containerfile.read_text()
@@ -115,26 +122,58 @@ def build_layout(context: Path, dest: Path, store: Store, cache_dir: Path, *, ta
     ignore = ignore_patterns(context)
     key = hashlib.sha256(json.dumps([BUILDER_VERSION, text, sorted(build_args.items()), base_digest, network,
                                      _context_digest(context, ignore)]).encode()).hexdigest()
+    body = instructions[index + 1:]
+    base_cfg = dict(base_doc.get("config") or {})
+    st = BuildState(variables={**variables}, env=list(base_cfg.get("Env") or []), config=base_cfg,
+                    workdir=base_cfg.get("WorkingDir") or "/", user=base_cfg.get("User") or "")
+    has_run = any(i.keyword == "RUN" for i in body)
+    # Builds without RUN take milliseconds (Skeleton): only builds with RUN use the step cache.
+    step_cache = StepCache(cache_dir) if base_layout and has_run else None
+    keys = step_keys(body, st, build_args, context, containerfile.name, ignore,
+                     first_key(base_digest, build_args, network, ignore, BUILDER_VERSION)) if step_cache else []
+    marks = checkpoint_steps(body)
+    resume = step_cache.find(keys, marks) if step_cache and not no_cache else None
+    steps = [f"{ins.keyword} {ins.args}" for ins in body]
+    if resume is not None and resume.index >= last_file_step(body):
+        # Every step that changes files is cached: assemble the image without laying out a tree.
+        st = resume.state
+        stub = SimpleNamespace(source=containerfile.name)
+        for number, ins in enumerate(body, 1):
+            if progress:
+                progress("build", number, len(body), ("cached " if number - 1 <= resume.index else "")
+                         + f"{ins.keyword} {ins.args[:60]}")
+            if number - 1 > resume.index:
+                apply(stub, st, ins, build_args, ignore)  # type: ignore[arg-type]  # config only
+        writer = LayoutWriter(dest)
+        for layer in base_layers:
+            writer.add_existing(layer)
+        if resume.layer is not None:
+            writer.add_layer_tar(resume.layer, move=False)
+        return _finish(writer, st, steps, tag), key, steps
     work = Path(tempfile.mkdtemp(prefix="build-", dir=_mkdir(cache_dir / "work")))
     root = work / "rootfs"
     root.mkdir()
-    steps: list[str] = []
     try:
-        if base_layout and any(i.keyword == "RUN" for i in instructions):
+        if base_layout and has_run:
             unpack_layers(base_layout, root)
-        skeleton = Skeleton(base_layout) if base_layout and not any(
-            i.keyword == "RUN" for i in instructions) else None
+        skeleton = Skeleton(base_layout) if base_layout and not has_run else None
         before = snapshot(root)
-        base_cfg = dict(base_doc.get("config") or {})
-        st = BuildState(variables={**variables}, env=list(base_cfg.get("Env") or []), config=base_cfg,
-                    workdir=base_cfg.get("WorkingDir") or "/", user=base_cfg.get("User") or "")
         builder = TreeBuilder(context, root, containerfile.name, network, progress, skeleton)
-        body = instructions[index + 1:]
+        start = 0
+        if resume is not None:
+            if resume.layer is not None:
+                apply_layer(resume.layer, root)
+            st, builder.owners, start = resume.state, dict(resume.owners), resume.index + 1
         for number, ins in enumerate(body, 1):
+            cached = number - 1 < start
             if progress:
-                progress("build", number, len(body), f"{ins.keyword} {ins.args[:60]}")
-            steps.append(f"{ins.keyword} {ins.args}")
+                progress("build", number, len(body), ("cached " if cached else "") + f"{ins.keyword} {ins.args[:60]}")
+            if cached:
+                continue
             apply(builder, st, ins, build_args, ignore)
+            if step_cache is not None and number - 1 in marks:
+                builder.cleanup_mounts()
+                step_cache.save(keys[number - 1], root, before, st, builder.owners)
         builder.cleanup_mounts()
         changed, deleted = diff(before, snapshot(root))
         writer = LayoutWriter(dest)
@@ -143,23 +182,27 @@ def build_layout(context: Path, dest: Path, store: Store, cache_dir: Path, *, ta
         if changed or deleted:
             write_layer(root, changed, deleted, work / "layer.tar", owners=builder.owners)
             writer.add_layer_tar(work / "layer.tar")
-        config = dict(st.config)
-        config["Env"] = st.env
-        if st.workdir != "/":
-            config["WorkingDir"] = st.workdir
-        if st.user:
-            config["User"] = st.user
-        if st.entrypoint_set and not st.cmd_set:
-            config.pop("Cmd", None)  # Docker: a new ENTRYPOINT drops the base image's CMD
-        config.setdefault("Labels", {})
-        config["Labels"] = {k: v for k, v in config["Labels"].items() if k != "org.lightabaco.base"} or None
-        if config["Labels"] is None:
-            config.pop("Labels")
-        history = [{"created_by": f"lightabaco build: {s[:200]}", "empty_layer": True} for s in steps]
-        digest = writer.finish(config, ref=tag, history=history)
-        return digest, key, steps
+        return _finish(writer, st, steps, tag), key, steps
     finally:
         force_rmtree(work, ignore_errors=True)
+
+
+def _finish(writer: LayoutWriter, st: BuildState, steps: list[str], tag: str | None) -> str:
+    """The image config from the build state; writes the layout's config and manifest."""
+    config = dict(st.config)
+    config["Env"] = st.env
+    if st.workdir != "/":
+        config["WorkingDir"] = st.workdir
+    if st.user:
+        config["User"] = st.user
+    if st.entrypoint_set and not st.cmd_set:
+        config.pop("Cmd", None)  # Docker: a new ENTRYPOINT drops the base image's CMD
+    config.setdefault("Labels", {})
+    config["Labels"] = {k: v for k, v in config["Labels"].items() if k != "org.lightabaco.base"} or None
+    if config["Labels"] is None:
+        config.pop("Labels")
+    history = [{"created_by": f"lightabaco build: {s[:200]}", "empty_layer": True} for s in steps]
+    return writer.finish(config, ref=tag, history=history)
 
 
 def _cache_record(cache_dir: Path, key: str) -> Path:
@@ -192,7 +235,8 @@ def build(context: Path, store: Store, *, cache_dir: Path, tag: str | None = Non
     out = Path(tempfile.mkdtemp(prefix="layout-", dir=_mkdir(cache_dir / "work")))
     try:
         digest, _key, steps = build_layout(context, out, store, cache_dir, tag=tag, file=file,
-                                           build_args=build_args, network=network, progress=progress)
+                                           build_args=build_args, network=network, progress=progress,
+                                           no_cache=no_cache)
         images = store.import_path(out, tag=tag, progress=progress)
     finally:
         force_rmtree(out, ignore_errors=True)
@@ -227,7 +271,8 @@ def _quick_key(context: Path, file: str | None, build_args: dict[str, str] | Non
             return None
     elif bases.builtin_name(base) == bases.PYTHON:
         helper = (Path(bases.__file__).resolve().parent.parent / "actor.py").read_bytes()
-        base_id = "python:" + hashlib.sha256(helper).hexdigest() + ":" + bases.BASES_VERSION
+        base_id = ("python:" + hashlib.sha256(helper).hexdigest() + ":" + bases.BASES_VERSION + ":"
+                   + bases.PYTHON_LAYOUT_VERSION)
     else:
         return None
     ignore = ignore_patterns(context.resolve())

@@ -10,13 +10,12 @@ import glob
 import os
 import shutil
 import subprocess
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from . import bases
-from .tree import Skeleton, lookup_ids, resolve_in_root
+from .tree import Skeleton, extract_archive, lookup_ids, resolve_in_root
 from .containerfile import BuildError, Instruction, command, expand, key_values, sources_and_dest
 
 Progress = Callable[[str, int, "int | None", str], None]
@@ -97,7 +96,7 @@ class TreeBuilder:
         mode = int(ins.flags["chmod"], 8) if ins.flags.get("chmod") else None
         for match in matches:
             if ins.keyword == "ADD" and match.is_file() and match.name.endswith(_ARCHIVE_SUFFIXES):
-                self._extract(match, self.resolve(dest), ins)
+                self._extract(match, dest, ins, owner)
                 continue
             target_dir = self.resolve(dest) if to_dir else self.resolve(os.path.dirname(dest) or "/")
             target_dir.mkdir(parents=True, exist_ok=True)
@@ -130,16 +129,12 @@ class TreeBuilder:
             # Unprivileged builds cannot chown: the owner is written into the layer's tar headers instead.
             self.owners[target.relative_to(self.root).as_posix()] = owner
 
-    def _extract(self, archive: Path, dest: Path, ins: Instruction) -> None:
-        dest.mkdir(parents=True, exist_ok=True)
-        if not hasattr(tarfile, "tar_filter"):
-            raise BuildError(f"{self.where(ins)}: ADD of an archive needs Python >= 3.11.4 (safe tar "
-                             "extraction); extract it into the context and COPY the files instead")
+    def _extract(self, archive: Path, dest: str, ins: Instruction, owner: tuple[int, int] | None) -> None:
+        ensure = (lambda path: self.skeleton.ensure(self.root, path)) if self.skeleton is not None else None
         try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(dest, filter="tar")  # refuses members that would land outside dest
-        except (tarfile.TarError, OSError) as exc:
-            raise BuildError(f"{self.where(ins)}: cannot extract {archive.name}: {exc}") from None
+            extract_archive(archive, self.root, dest, self.owners, chown=owner, ensure=ensure)
+        except BuildError as exc:
+            raise BuildError(f"{self.where(ins)}: ADD {exc}") from None
 
     # -- RUN -------------------------------------------------------------------------------------
     def run(self, st: BuildState, ins: Instruction) -> str:

@@ -28,7 +28,12 @@ class ClientError(Exception):
         self.message, self.status = message, status
 
 
-def resolve_url(url: str | None) -> str:
+def resolve_url(url: str | None, home: Path | None = None) -> str:
+    """--url, else LIGHTABACO_URL, else the address a live server recorded in `home`, else the default."""
+    if not url and not os.environ.get("LIGHTABACO_URL") and home is not None:
+        from lightabaco.endpoint import find
+
+        url = find(home)
     return (url or os.environ.get("LIGHTABACO_URL") or DEFAULT_URL).rstrip("/")
 
 

@@ -21,15 +21,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from .common import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, default_home, emit, get, kv,  # noqa: F401
-                         table)
+from .common import (EXIT_EMPTY, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, default_home, emit,  # noqa: F401
+                     get, kv, table, version)
 from .local import cmd_doctor, cmd_images, cmd_serve, cmd_token, cmd_users
 from .client import Client, ClientError, resolve_token, resolve_url
 
 # -- client verbs -------------------------------------------------------------------------------------
 
 def _client(args: argparse.Namespace) -> Client:
-    client = Client(resolve_url(args.url), resolve_token(args.token, args.home), timeout=args.timeout)
+    client = Client(resolve_url(args.url, args.home), resolve_token(args.token, args.home), timeout=args.timeout)
     # Let people use actor names where the API wants ids (or aliases), as faas-cli does with names.
     for attr in ("actor",):
         if isinstance(getattr(args, attr, None), str):
@@ -234,7 +234,12 @@ def cmd_results(args: argparse.Namespace) -> int:
             _write_bytes(args, item)
             if len(items) > 1:
                 args.out.write("\n")
-    return EXIT_OK if items else EXIT_ERROR
+    if not items:
+        # Not an error, but scripts need to tell it apart from one (`while lightabaco results ...; do`).
+        print(f"lightabaco: no result left for execution {args.execution} (each result is returned once; "
+              f"its logs: `lightabaco logs {args.actor} {args.execution}`)", file=args.err)
+        return EXIT_EMPTY
+    return EXIT_OK
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -276,18 +281,24 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     # overwrite a value given before the verb.
     default = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
     parser.add_argument("--url", default=default(None),
-                        help="server URL (LIGHTABACO_URL; default http://127.0.0.1:8000)")
+                        help="server URL (LIGHTABACO_URL; default: where the server on --home "
+                        "listens, else http://127.0.0.1:8000)")
     parser.add_argument("--token", default=default(None),
                         help="API token (LIGHTABACO_TOKEN; default: the home's token file)")
-    parser.add_argument("--home", default=default(None), help="home directory (LIGHTABACO_HOME; default ~/.lightabaco)")
+    parser.add_argument("--home", default=default(None), help="home directory (LIGHTABACO_HOME; default ~/.lightabaco, "
+                        "as root /var/lib/lightabaco)")
     parser.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
     parser.add_argument("--timeout", type=float, default=default(60.0), help="HTTP timeout in seconds (default 60)")
+
+
+ACTOR_HELP = "actor id, unique name or alias"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightabaco", description="Abaco-compatible actors on one machine: "
                                      "no Docker, no root.")
     _common(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"lightabaco {version()}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], help_: str, **kw: Any) -> argparse.ArgumentParser:
@@ -297,44 +308,57 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     serve = verb("serve", cmd_serve, "run the server: API, workers, cron (builds the sample images on first run)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int)
-    serve.add_argument("--backend", choices=["auto", "bwrap", "podman"])
-    serve.add_argument("--auth", choices=["token", "none"])
+    serve.add_argument("--host", help="address to listen on (LIGHTABACO_HOST; default 127.0.0.1, this machine "
+                       "only)")
+    serve.add_argument("--port", type=int, help="TCP port (LIGHTABACO_PORT; default 8000); the CLI on the same "
+                       "home finds it through <home>/run/server.json")
+    serve.add_argument("--workers", type=int, help="executions run at the same time (LIGHTABACO_WORKERS; "
+                       "default 8)")
+    serve.add_argument("--backend", choices=["auto", "bwrap", "podman"],
+                       help="sandbox for executions (LIGHTABACO_BACKEND; default auto: bwrap, else podman)")
+    serve.add_argument("--auth", choices=["token", "none"],
+                       help="token: every request needs a token (default); none: anyone who can reach the port "
+                       "is the owner")
     serve.add_argument("--no-samples", action="store_true", help="do not build/import the sample images")
 
-    token = verb("token", cmd_token, "print the API token (--rotate replaces it)", add_help=False)
-    token.add_argument("rest", nargs=argparse.REMAINDER)
-    users = verb("users", cmd_users, "manage users and their tokens (add, list, revoke, token)", add_help=False)
-    users.add_argument("rest", nargs=argparse.REMAINDER)
+    from .users import USERS_DESCRIPTION, add_token_options, add_users_commands
+
+    token = verb("token", cmd_token, "print the API token (--rotate replaces it)")
+    add_token_options(token)
+    users = verb("users", cmd_users, "manage users and their tokens (add, list, revoke, token)")
+    users.description = USERS_DESCRIPTION
+    add_users_commands(users, lambda p: _common(p, top=False))
     verb("doctor", cmd_doctor, "check what this host supports and how to fix what is missing")
 
-    images = verb("images", cmd_images, "local images: list, import, pull, build, rm, samples")
+    images = verb("images", cmd_images, "local images: list, import, pull, build, rm, prune, samples")
     isub = images.add_subparsers(dest="images_cmd", required=True, metavar="COMMAND")
     p = isub.add_parser("list", help="images in the store")
     _common(p, top=False)
     p = isub.add_parser("import", help="import an OCI layout dir, oci-archive or docker-archive")
     _common(p, top=False)
-    p.add_argument("path")
-    p.add_argument("--tag")
+    p.add_argument("path", help="OCI layout directory, oci-archive or docker-archive (docker/podman save)")
+    p.add_argument("--tag", help="name to give the image (default: the name recorded in the archive)")
     p = isub.add_parser("pull", help="pull from a registry (docker.io, quay.io, a local registry...)")
     _common(p, top=False)
-    p.add_argument("ref")
+    p.add_argument("ref", help="image reference, e.g. python:3.12-slim or localhost:5000/me/actor:1")
     p.add_argument("--insecure", action="store_true", help="plain HTTP / unverified TLS (local registries)")
     p.add_argument("--username", help="registry user; the password comes from LIGHTABACO_REGISTRY_PASSWORD")
     p = isub.add_parser("build", help="build a Containerfile (FROM/COPY/ADD/ENV/WORKDIR/USER/RUN/CMD/...)")
     _common(p, top=False)
-    p.add_argument("dir")
-    p.add_argument("--tag", "-t")
+    p.add_argument("dir", help="build context: the directory holding the Containerfile and its files")
+    p.add_argument("--tag", "-t", help="name for the built image, e.g. me/actor")
     p.add_argument("--file", "-f", help="Containerfile name inside DIR (default Containerfile, then Dockerfile)")
-    p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE", help="value for an ARG")
     p.add_argument("--network", choices=["host", "none"], default="host", help="network for RUN (default host)")
-    p.add_argument("--engine", choices=["bwrap", "podman", "auto"], default="bwrap")
-    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--engine", choices=["bwrap", "podman", "auto"], default="bwrap",
+                   help="what runs RUN steps (default bwrap)")
+    p.add_argument("--no-cache", action="store_true", help="rebuild every step instead of reusing cached ones")
     p = isub.add_parser("rm", help="remove an image name (the image goes when no name is left)")
     _common(p, top=False)
-    p.add_argument("ref")
+    p.add_argument("ref", help="image name or id")
+    p = isub.add_parser("prune", help="remove images no name uses (replaced by a rebuild, or whose names were "
+                        "removed) and the build step cache")
+    _common(p, top=False)
     p = isub.add_parser("samples", help="build the sample images (abacosamples/test, wc, ...)")
     _common(p, top=False)
     p.add_argument("--no-python", action="store_true", help="only the busybox samples (no Debian mirror needed)")
@@ -348,57 +372,59 @@ def build_parser() -> argparse.ArgumentParser:
         p = asub.add_parser(name, help=f"{name} an actor{kept}")
         _common(p, top=False)
         if name == "update":
-            p.add_argument("actor")
-        p.add_argument("--image", "-i")
-        p.add_argument("--name", "-n")
-        p.add_argument("--description")
+            p.add_argument("actor", help=ACTOR_HELP)
+        p.add_argument("--image", "-i", help="image name, e.g. abacosamples/wc")
+        p.add_argument("--name", "-n", help="actor name (other verbs accept it where they want an id)")
+        p.add_argument("--description", help="free text")
         p.add_argument("--stateful", action="store_true", help="one worker, ordered, with state")
         p.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE", help="default_environment")
-        p.add_argument("--hint", action="append", default=[])
+        p.add_argument("--hint", action="append", default=[], help="a hint (repeatable)")
         p.add_argument("--token-attr", choices=["true", "false"], help="the actor's `token` attribute")
         p.add_argument("--cron", help='cron schedule, e.g. "now + 1 hour"')
-        p.add_argument("--cron-on", choices=["on", "off"])
-        p.add_argument("--max-workers", type=int)
-        p.add_argument("--use-container-uid", action="store_true")
+        p.add_argument("--cron-on", choices=["on", "off"], help="turn the cron schedule on or off")
+        p.add_argument("--max-workers", type=int, help="most workers the actor may have")
+        p.add_argument("--use-container-uid", action="store_true", help="run as the image's USER")
         p.add_argument("--field", action="append", default=[], metavar="KEY=JSON", help="any other actor field")
     p = asub.add_parser("get", help="one actor's definition")
     _common(p, top=False)
-    p.add_argument("actor")
+    p.add_argument("actor", help=ACTOR_HELP)
     p = asub.add_parser("rm", help="delete actors")
     _common(p, top=False)
-    p.add_argument("actors", nargs="+")
+    p.add_argument("actors", nargs="+", help="actor ids or names")
 
     send = verb("send", cmd_send, "send a message to an actor (prints the execution id)")
-    send.add_argument("actor")
-    send.add_argument("message", nargs="?")
+    send.add_argument("actor", help=ACTOR_HELP)
+    send.add_argument("message", nargs="?", help="the message text (the actor sees it as $MSG)")
     send.add_argument("--json-message", metavar="JSON", help="send a JSON message")
     send.add_argument("--binary", metavar="FILE", help="send FILE's bytes as a binary message ('-' = stdin)")
-    send.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE")
+    send.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
+                      help="extra environment for this execution (repeatable)")
     send.add_argument("--sync", action="store_true", help="wait and print the first result (or the logs)")
     send.add_argument("--wait", action="store_true", help="wait until the execution is COMPLETE")
-    send.add_argument("--wait-timeout", type=float, default=300.0)
+    send.add_argument("--wait-timeout", type=float, default=300.0, help="seconds --wait waits (default 300)")
 
     p = verb("executions", cmd_executions, "an actor's executions, or one execution's details")
-    p.add_argument("actor")
-    p.add_argument("execution", nargs="?")
+    p.add_argument("actor", help=ACTOR_HELP)
+    p.add_argument("execution", nargs="?", help="an execution id (omit for the list)")
     p = verb("logs", cmd_logs, "an execution's logs")
-    p.add_argument("actor")
-    p.add_argument("execution")
+    p.add_argument("actor", help=ACTOR_HELP)
+    p.add_argument("execution", help="execution id")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the execution ends")
-    p.add_argument("--interval", type=float, default=0.5)
-    p = verb("results", cmd_results, "pop an execution's result (each result is returned once)")
-    p.add_argument("actor")
-    p.add_argument("execution")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between polls with --follow")
+    p = verb("results", cmd_results, "pop an execution's result (each result is returned once; exit status 3 "
+             "when none is left)")
+    p.add_argument("actor", help=ACTOR_HELP)
+    p.add_argument("execution", help="execution id")
     p.add_argument("--all", action="store_true", help="every remaining result")
     p.add_argument("--output", "-o", help="write the bytes to a file")
     p = verb("workers", cmd_workers, "an actor's workers (--add N starts more)")
-    p.add_argument("actor")
-    p.add_argument("--add", type=int, metavar="N")
+    p.add_argument("actor", help=ACTOR_HELP)
+    p.add_argument("--add", type=int, metavar="N", help="start N more workers")
     p = verb("state", cmd_state, "a stateful actor's state (--set JSON replaces it)")
-    p.add_argument("actor")
-    p.add_argument("--set", metavar="JSON")
+    p.add_argument("actor", help=ACTOR_HELP)
+    p.add_argument("--set", metavar="JSON", help="replace the state with this JSON (or plain string)")
     p = verb("messages", cmd_messages, "how many messages are waiting for an actor")
-    p.add_argument("actor")
+    p.add_argument("actor", help=ACTOR_HELP)
     return parser
 
 

@@ -9,7 +9,8 @@ from typing import Any, Callable, TextIO
 
 from lightabaco.config import default_home as config_default_home
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+# 3: the request worked but there was nothing to give (`results` with no result left).
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_EMPTY = 0, 1, 2, 3
 
 
 class CliError(Exception):
@@ -19,6 +20,16 @@ class CliError(Exception):
 def default_home() -> Path:
     """--home, else LIGHTABACO_HOME, else the server's default (see lightabaco.config.default_home)."""
     return config_default_home()
+
+
+def version() -> str:
+    """The installed package's version ("dev" when running from a source tree that is not installed)."""
+    try:
+        from importlib.metadata import version as dist_version
+
+        return dist_version("lightabaco")
+    except Exception:  # PackageNotFoundError, or broken metadata
+        return "dev"
 
 
 # -- output -------------------------------------------------------------------------------------------

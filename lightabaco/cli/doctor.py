@@ -149,27 +149,103 @@ def check_home(home: Path, mounts_text: str | None = None) -> list[Check]:
     return checks
 
 
-def check_tools() -> list[Check]:
+SAMPLES_BUSYBOX = "the busybox sample images (abacosamples/test, jstubbs/abaco_test) and FROM lightabaco/busybox"
+SAMPLES_PYTHON = ("the Python sample images (abacosamples/wc, py3_func, sleep_loop, lightabaco/classify) and "
+                  "FROM lightabaco/python")
+
+
+def _debian_base_cached(home: Path | None) -> Path | None:
+    """The Debian tree mmdebstrap made for this home before (then mmdebstrap is not needed again)."""
+    if home is None:
+        return None
+    return next(iter(sorted((Path(home) / "build-cache" / "bases").glob("debian-*.tar"))), None)
+
+
+def _setuid_or_capable(path: str) -> bool:
+    """newuidmap/newgidmap only work installed setuid root (Debian) or with file capabilities (Fedora)."""
+    try:
+        st = os.stat(path)
+        if st.st_uid == 0 and st.st_mode & 0o4000:
+            return True
+        return "security.capability" in os.listxattr(path)
+    except OSError:
+        return False
+
+
+def python_base_problems(uid: int | None = None, which: Callable[[str], str | None] = shutil.which,
+                         subids: Callable[[], str | None] | None = None,
+                         mirror: Callable[[], object] | None = None,
+                         capable: Callable[[str], bool] = _setuid_or_capable) -> list[Check]:
+    """What stops `mmdebstrap` from making the Debian base of lightabaco/python here, one Check each
+    (status "fail"; empty when nothing does). As root mmdebstrap runs in --mode=root; as an ordinary user
+    in --mode=unshare, which maps the tree's ids with newuidmap/newgidmap through /etc/subuid ranges."""
+    uid = os.getuid() if uid is None else uid
+    problems = []
+    if not which("mmdebstrap"):
+        problems.append(Check("mmdebstrap", "fail", "not installed", "sudo apt-get install -y mmdebstrap"))
+    if uid != 0:
+        missing = [t for t in ("newuidmap", "newgidmap") if not which(t)]
+        if missing:
+            problems.append(Check("newuidmap/newgidmap", "fail", f"{' and '.join(missing)} not installed: "
+                                  "mmdebstrap --mode=unshare cannot map the ids of a Debian tree",
+                                  "sudo apt-get install -y uidmap"))
+        else:
+            weak = [t for t in ("newuidmap", "newgidmap") if not capable(which(t) or t)]
+            if weak:
+                problems.append(Check("newuidmap/newgidmap", "fail", f"{' and '.join(weak)} is neither setuid "
+                                      "root nor given file capabilities, so it cannot map ids",
+                                      "sudo apt-get install --reinstall -y uidmap"))
+        problem = (subids or subid_problem)()
+        if problem:
+            problems.append(Check("subordinate ids", "fail", problem,
+                                  "sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER"))
+    try:
+        (mirror or _host_archive)()
+    except Exception as exc:  # BuildError from bases.host_archive: no usable apt source
+        problems.append(Check("Debian mirror", "fail", str(exc).split(":")[0],
+                              "add the Debian/Ubuntu archive to /etc/apt/sources.list"))
+    return problems
+
+
+def _host_archive() -> object:
+    from lightabaco.build.bases import host_archive
+
+    return host_archive()
+
+
+def check_tools(home: Path | None = None, uid: int | None = None,
+                which: Callable[[str], str | None] = shutil.which,
+                problems: list[Check] | None = None) -> list[Check]:
+    """The tools each default feature needs, named with the feature that fails without them. The sample
+    images are a default feature (`lightabaco serve` builds them), so a missing tool is a "fail"."""
     checks = []
     from lightabaco.build.bases import find_busybox
     from lightabaco.build.containerfile import BuildError
 
     try:
-        checks.append(Check("busybox (sample base)", "ok", str(find_busybox())))
+        checks.append(Check("busybox", "ok", f"{find_busybox()}: {SAMPLES_BUSYBOX}"))
     except BuildError as exc:
-        checks.append(Check("busybox (sample base)", "warn", str(exc).split(":")[0],
+        checks.append(Check("busybox", "fail", f"{str(exc).split(':')[0]}: {SAMPLES_BUSYBOX} cannot be built",
                             "sudo apt-get install -y busybox-static"))
-    if shutil.which("mmdebstrap"):
-        problem = subid_problem() if os.getuid() != 0 else None
-        if problem:
-            checks.append(Check("mmdebstrap (Python base)", "warn", problem,
-                                "sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER "
-                                "(or build FROM a pulled python image)"))
-        else:
-            checks.append(Check("mmdebstrap (Python base)", "ok", shutil.which("mmdebstrap") or ""))
+    uid = os.getuid() if uid is None else uid
+    problems = python_base_problems(uid, which) if problems is None else problems
+    cached = _debian_base_cached(home)
+    mode = "root" if uid == 0 else "unshare"
+    if cached is not None:
+        checks.append(Check("Debian base (Python images)", "ok", f"already made ({cached}): {SAMPLES_PYTHON} "
+                            "build without mmdebstrap"))
+        for problem in problems:  # only matters for a new home or a new mirror
+            checks.append(Check(problem.name, "warn", f"{problem.detail} (a new home would need it for "
+                                f"{SAMPLES_PYTHON})", problem.fix))
+    elif problems:
+        for problem in problems:
+            checks.append(Check(problem.name, "fail", f"{problem.detail}: {SAMPLES_PYTHON} cannot be built "
+                                "(`lightabaco serve` falls back to the busybox samples)",
+                                f"{problem.fix} (or build FROM a pulled python image)"))
     else:
-        checks.append(Check("mmdebstrap (Python base)", "warn", "not installed: the Python samples cannot be "
-                            "built offline", "sudo apt-get install -y mmdebstrap"))
+        checks.append(Check("mmdebstrap (Python images)", "ok", f"{which('mmdebstrap')} --mode={mode}"
+                            + (" with newuidmap/newgidmap and subordinate ids" if mode == "unshare" else "")
+                            + f": {SAMPLES_PYTHON}"))
     version = sys.version_info
     status = "ok" if version >= (3, 11) else "fail"
     checks.append(Check("python", status, f"{platform.python_implementation()} {platform.python_version()}",
@@ -207,7 +283,7 @@ def check_root_home(home: Path) -> list[Check]:
 
 def run_checks(home: Path) -> list[Check]:
     checks = (check_userns() + check_backends() + check_cgroups() + check_home(home) + check_root_home(home)
-              + check_tools())
+              + check_tools(home))
     return checks
 
 
@@ -222,7 +298,8 @@ def render(checks: list[Check]) -> str:
         c.status == "warn" for c in checks) else "ok"
     summary = {"ok": "everything lightabaco needs is here.",
                "warn": "lightabaco will run; the warnings above say what is degraded.",
-               "fail": "lightabaco cannot run executions here until the failures above are fixed."}[worst]
+               "fail": "lightabaco cannot run executions (or build the sample images) here until the failures "
+                       "above are fixed; each says which feature fails."}[worst]
     lines.append(summary)
     return "\n".join(lines)
 

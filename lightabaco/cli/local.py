@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_ERROR, EXIT_OK, emit, kv, progress_for, table
+from .common import EXIT_ERROR, EXIT_OK, emit, kv, progress_for, table, version
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_samples:
         _ensure_samples(settings.images_dir, settings.home / "build-cache", args)
     base = f"http://{settings.host}:{settings.port}"
-    print(f"lightabaco {_version()} serving on {base} (home {settings.home}, {settings.workers} workers)",
+    print(f"lightabaco {version()} serving on {base} (home {settings.home}, {settings.workers} workers)",
           file=args.err)
     if token:
         print("Paste this into another shell to use the walkthrough:", file=args.err)
@@ -63,25 +63,16 @@ def _ensure_samples(images_dir: Path, cache_dir: Path, args: argparse.Namespace)
         print(f"sample images ready in {elapsed:.1f} s (cached for next time)", file=args.err)
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("lightabaco")
-    except Exception:  # not installed as a distribution (running from a source tree)
-        return "dev"
-
-
 def cmd_token(args: argparse.Namespace) -> int:
-    from .users import token_main
+    from .users import run_token
 
-    return token_main(args.rest, args.home, out=args.out, err=args.err)
+    return run_token(args, args.home, out=args.out, err=args.err)
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from .users import users_main
+    from .users import run_users
 
-    return users_main(args.rest, args.home, out=args.out, err=args.err)
+    return run_users(args, args.home, out=args.out, err=args.err)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -108,9 +99,26 @@ def cmd_images(args: argparse.Namespace) -> int:
     try:
         if args.images_cmd == "list":
             rows = store.list()
-            emit(args, rows, lambda: table(
-                [{**r, "id": (r.get("id") or "")[7:19], "size": _mb(r.get("size"))} for r in rows],
-                [("reference", "REFERENCE"), ("id", "IMAGE ID"), ("size", "SIZE"), ("source", "SOURCE")], args.out))
+
+            def human() -> None:
+                table([{**r, "reference": r.get("reference") or "<none>", "id": (r.get("id") or "")[7:19],
+                        "size": _mb(r.get("size"))} for r in rows],
+                      [("reference", "REFERENCE"), ("id", "IMAGE ID"), ("size", "SIZE"), ("source", "SOURCE")],
+                      args.out)
+                unnamed = sum(r.get("size") or 0 for r in rows if not r.get("reference"))
+                print(f"{_mb(store.disk_usage())} on disk in {store.root}"
+                      + (f"; `lightabaco images prune` frees about {_mb(unnamed)} of <none> images" if unnamed
+                         else ""), file=args.out)
+
+            emit(args, rows, human)
+        elif args.images_cmd == "prune":
+            from lightabaco.build.cache import StepCache
+
+            freed = store.gc()
+            steps = StepCache(args.home / "build-cache").prune()
+            data = {"images_bytes": freed, "step_cache_bytes": steps}
+            emit(args, data, lambda: print(f"freed {_mb(freed)} of images no name uses and {_mb(steps)} of "
+                                           "cached build steps", file=args.out))
         elif args.images_cmd == "import":
             images = store.import_path(Path(args.path), tag=args.tag, progress=progress)
             data = [{"reference": i.reference, "id": i.config_digest} for i in images]
@@ -125,6 +133,7 @@ def cmd_images(args: argparse.Namespace) -> int:
         elif args.images_cmd == "build":
             from lightabaco.build.builder import build
 
+            replaced = _image_id(store, args.tag) if args.tag else None
             result = build(Path(args.dir), store, cache_dir=args.home / "build-cache", tag=args.tag,
                            file=args.file, build_args=kv(args.build_arg, "--build-arg"), network=args.network,
                            engine=args.engine, progress=progress, no_cache=args.no_cache)
@@ -133,6 +142,10 @@ def cmd_images(args: argparse.Namespace) -> int:
             emit(args, data, lambda: print(
                 f"built {args.tag or '(untagged)'} {result.config_digest[:19]} in {result.seconds:.1f} s"
                 + (" (cached)" if result.cached else ""), file=args.out))
+            if replaced and replaced != result.config_digest and not args.json:
+                size = next((r.get("size") for r in store.list() if r.get("id") == replaced), None)
+                print(f"the image {args.tag} named before ({replaced[7:19]}, {_mb(size) or 'size unknown'}) "
+                      "stays on disk until `lightabaco images prune`", file=args.err)
         elif args.images_cmd == "rm":
             removed = store.remove(args.ref)
             emit(args, {"removed": args.ref, "id": removed}, lambda: print(f"removed {args.ref}", file=args.out))
@@ -147,6 +160,13 @@ def cmd_images(args: argparse.Namespace) -> int:
         if progress:
             progress.close()
     return EXIT_OK
+
+
+def _image_id(store: Any, ref: str) -> str | None:
+    try:
+        return store.get(ref).config_digest
+    except Exception:  # ImageNotFound or an invalid name: nothing is replaced
+        return None
 
 
 def _mb(size: Any) -> str:

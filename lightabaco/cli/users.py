@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from lightabaco.sharing import auth
 from lightabaco.protocol.errors import AbacoError
@@ -27,34 +27,53 @@ def _connect(home: Path) -> str:
     return settings.tenant
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lightabaco users", description="Manage the users of a multi-user "
-                                     "server and their tokens (signed JWTs accepted by curl, tapipy, agavepy).")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_users_commands(parser: argparse.ArgumentParser,
+                       common: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> None:
+    """The `users` sub-commands, on `parser`; `common` adds the global options to each one (the
+    `lightabaco` command accepts --home/--json/... after the sub-command too)."""
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add = sub.add_parser("add", help="create a user and print their token")
-    add.add_argument("name")
-    add.add_argument("--role", default="user", choices=ROLES)
+    add.add_argument("name", help="user name (the token's subject)")
+    add.add_argument("--role", default="user", choices=ROLES, help="the user's role (default user)")
     add.add_argument("--tenant", default=None, help="tenant of the user (default: the server's tenant)")
     add.add_argument("--ttl-days", type=float, default=365.0, help="token lifetime in days (default 365)")
-    sub.add_parser("list", help="list users, their roles and whether they are revoked")
+    listing = sub.add_parser("list", help="list users, their roles and whether they are revoked")
     revoke = sub.add_parser("revoke", help="revoke a user's token (their requests fail from now on)")
-    revoke.add_argument("name")
-    revoke.add_argument("--tenant", default=None)
+    revoke.add_argument("name", help="user name")
+    revoke.add_argument("--tenant", default=None, help="tenant of the user (default: the server's tenant)")
     token = sub.add_parser("token", help="issue a new token for a user (earlier tokens stop working)")
-    token.add_argument("name")
-    token.add_argument("--tenant", default=None)
+    token.add_argument("name", help="user name")
+    token.add_argument("--tenant", default=None, help="tenant of the user (default: the server's tenant)")
     token.add_argument("--role", default=None, choices=ROLES, help="also change the user's role")
-    token.add_argument("--ttl-days", type=float, default=365.0)
+    token.add_argument("--ttl-days", type=float, default=365.0, help="token lifetime in days (default 365)")
+    for p in (add, listing, revoke, token):
+        common(p)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightabaco users", description=USERS_DESCRIPTION)
+    add_users_commands(parser)
     return parser
 
 
+USERS_DESCRIPTION = ("Manage the users of a multi-user server and their tokens (signed JWTs accepted by curl, "
+                     "tapipy, agavepy).")
+
+
 def users_main(argv: list[str], home: Path, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    out = out or sys.stdout
-    err = err or sys.stderr
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage
         return int(exc.code or 0)
+    return run_users(args, home, out, err)
+
+
+def run_users(args: argparse.Namespace, home: Path, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Carry out parsed `users` arguments (see add_users_commands) on the instance in `home`."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    from lightabaco.sharing import auth
+
     home = Path(home)
     try:
         default_tenant = _connect(home)
@@ -82,14 +101,25 @@ def users_main(argv: list[str], home: Path, out: TextIO | None = None, err: Text
 
 def token_main(argv: list[str], home: Path, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Print the owner token (`--rotate` replaces it first: the old token stops working)."""
-    out = out or sys.stdout
-    err = err or sys.stderr
     parser = argparse.ArgumentParser(prog="lightabaco token", description="Print the owner's API token.")
-    parser.add_argument("--rotate", action="store_true", help="replace the token; the old one stops working")
+    add_token_options(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    return run_token(args, home, out, err)
+
+
+def add_token_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rotate", action="store_true", help="replace the token; the old one stops working")
+
+
+def run_token(args: argparse.Namespace, home: Path, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Print the owner token of the instance in `home` (replacing it first with args.rotate)."""
+    from lightabaco.sharing import auth
+
+    out = out or sys.stdout
+    err = err or sys.stderr
     try:
         from lightabaco.config import Settings
 

@@ -17,7 +17,6 @@ import pytest
 from tests.fixtures.samples import reachable_tmpdir
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = r'''
 import json, sys, tarfile
@@ -56,8 +55,10 @@ def test_unprivileged_build(unprivileged_user):
         (ctx / "f.txt").write_text("hello")
         (work / "build.py").write_text(SCRIPT)
         subprocess.run(["chown", "-R", unprivileged_user, str(work)], check=True)
+        from tests.fixtures.source import readable_source  # the account may not read the checkout
+
         proc = subprocess.run(["runuser", "-u", unprivileged_user, "--", python, str(work / "build.py"),
-                               str(ROOT), str(work)], capture_output=True, text=True, timeout=120)
+                               str(readable_source()), str(work)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-3000:]
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         members = report["members"]

@@ -80,7 +80,10 @@ def test_sandbox_runs_as_an_ordinary_user(unprivileged_user, busybox_rootfs, san
         runuser = shutil.which("runuser")
         if runuser is None:
             pytest.skip("runuser is missing")
-        argv = [runuser, "-u", unprivileged_user, "--", "env", f"PYTHONPATH={REPO}"] + argv
+        # A readable copy: the account may not be able to read the checkout (a clone under /root).
+        from tests.fixtures.source import readable_source
+
+        argv = [runuser, "-u", unprivileged_user, "--", "env", f"PYTHONPATH={readable_source()}"] + argv
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])

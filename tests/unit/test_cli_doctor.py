@@ -70,3 +70,65 @@ def test_missing_subordinate_ids_are_explained(tmp_path: Path):
     assert "subgid has no range for" in doctor.subid_problem(str(subuid), str(subgid))
     subgid.write_text(f"{os.getuid()}:100000:65536\n")
     assert doctor.subid_problem(str(subuid), str(subgid)) is None
+
+
+def _which(*present: str):
+    return lambda tool: f"/usr/bin/{tool}" if tool in present else None
+
+
+def test_missing_newuidmap_fails_the_python_samples_for_a_user():
+    problems = doctor.python_base_problems(uid=1000, which=_which("mmdebstrap"), subids=lambda: None,
+                                           mirror=lambda: None)
+    assert [p.name for p in problems] == ["newuidmap/newgidmap"]
+    assert "sudo apt-get install -y uidmap" in problems[0].fix
+    checks = doctor.check_tools(home=None, uid=1000, problems=problems)
+    failed = [c for c in checks if c.status == "fail"]
+    assert failed and "Python sample images" in failed[0].detail and "uidmap" in failed[0].fix
+    assert "cannot run executions" in doctor.render(checks)
+
+
+def test_newuidmap_without_setuid_is_not_enough():
+    problems = doctor.python_base_problems(uid=1000, which=_which("mmdebstrap", "newuidmap", "newgidmap"),
+                                           subids=lambda: None, mirror=lambda: None, capable=lambda p: False)
+    assert [p.name for p in problems] == ["newuidmap/newgidmap"] and "setuid" in problems[0].detail
+
+
+def test_root_needs_neither_newuidmap_nor_subordinate_ids():
+    problems = doctor.python_base_problems(uid=0, which=_which("mmdebstrap"), subids=lambda: "no range",
+                                           mirror=lambda: None)
+    assert problems == []
+    checks = doctor.check_tools(home=None, uid=0, which=_which("mmdebstrap"), problems=problems)
+    assert any(c.status == "ok" and "--mode=root" in c.detail for c in checks)
+
+
+def test_every_missing_piece_is_named_with_its_fix():
+    def no_mirror():
+        raise RuntimeError("cannot find a Debian/Ubuntu mirror in /etc/apt/sources.list*: details")
+
+    problems = doctor.python_base_problems(uid=1000, which=_which(), subids=lambda: "/etc/subuid has no range",
+                                           mirror=no_mirror)
+    names = [p.name for p in problems]
+    assert names == ["mmdebstrap", "newuidmap/newgidmap", "subordinate ids", "Debian mirror"]
+    assert all(p.fix for p in problems)
+
+
+def test_a_cached_debian_base_turns_failures_into_warnings(tmp_path: Path):
+    (tmp_path / "build-cache" / "bases").mkdir(parents=True)
+    (tmp_path / "build-cache" / "bases" / "debian-bookworm-abc.tar").write_bytes(b"")
+    problems = [doctor.Check("mmdebstrap", "fail", "not installed", "sudo apt-get install -y mmdebstrap")]
+    checks = doctor.check_tools(home=tmp_path, uid=1000, problems=problems)
+    assert not [c for c in checks if c.status == "fail" and c.name != "busybox"]
+    assert any(c.status == "warn" and c.name == "mmdebstrap" for c in checks)
+
+
+def test_missing_busybox_fails_the_default_samples(monkeypatch):
+    from lightabaco.build import bases
+    from lightabaco.build.containerfile import BuildError
+
+    def none():
+        raise BuildError("no statically linked busybox on this host: install it")
+
+    monkeypatch.setattr(bases, "find_busybox", none)
+    checks = doctor.check_tools(home=None, uid=0, problems=[])
+    busybox = next(c for c in checks if c.name == "busybox")
+    assert busybox.status == "fail" and "busybox-static" in busybox.fix and "sample images" in busybox.detail

@@ -26,10 +26,11 @@ LAYERS: dict[str, set[str]] = {
     "queries": {"abaco", "automation", "sharing", "protocol", "store", "config", "ids"},  # search, admin
     "http": {"abaco", "sharing", "queries", "protocol", "config", "ids"},  # never store, never automation
     "workers": {"abaco", "automation", "store", "sandbox", "images", "protocol", "config", "ids"},
-    "server": {"abaco", "automation", "sharing", "http", "workers", "store", "config", "ids"},
-    "cli": {"server", "abaco", "sharing", "protocol", "store", "sandbox", "images", "build", "config", "ids"},
+    "server": {"abaco", "automation", "sharing", "http", "workers", "store", "endpoint", "config", "ids"},
+    "cli": {"server", "endpoint", "abaco", "sharing", "protocol", "store", "sandbox", "images", "build", "config", "ids"},
     "bench": {"sandbox", "images", "build", "config", "ids"},
     "config": set(),
+    "endpoint": set(),                                  # where a running server listens (<home>/run)
     "ids": set(),
     "actor": set(),                                     # copied into images: standard library only
     "__main__": {"cli"},
