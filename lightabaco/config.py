@@ -50,7 +50,10 @@ class Settings:
     sync_max_queued: int = 3  # sync requests are refused when more messages than this are queued
     # Per-execution limits (an actor's own max_run_time / mem_limit / max_cpus win).
     default_max_run_time: float = 300.0  # seconds; <= 0 means unlimited
-    network: str = "none"  # none | host : whether actors see the host network
+    # Network mode of actors that do not choose one: none | api | outbound | host (see the
+    # "network modes" block below; `host` here also keeps actors registered before network modes
+    # existed on the host network, as before).
+    network: str = "api"
     # Default memory cap per execution (RLIMIT_DATA per process plus a watchdog on the tree's RSS), so a
     # memory hog cannot take the host down; an actor's own mem_limit wins. "" = unlimited.
     mem_limit: str = "2g"
@@ -139,6 +142,15 @@ class Settings:
     webhook_timeout_s: float = 10.0  # a whole delivery attempt (connect, send, answer), then it is retried
     webhook_concurrency: int = 8  # deliveries in flight at once (one at a time per destination)
 
+    # -- network modes (issue 11): what actors' sandboxes may reach --
+    # Modes actors of non-admin users may choose (comma-separated, of none, api, outbound, host).
+    network_allowed: str = "none,api,outbound"
+    # Admins may register actors with network `host` (the host's loopback and everything else).
+    network_allow_host: bool = False
+    # Where the API door of `api`/`outbound` sandboxes leads: `host:port`, `[v6]:port` or the path
+    # of a Unix socket; empty: this server's --host/--port (0.0.0.0 and :: become loopback).
+    network_api_upstream: str = ""
+
     # -- loading -------------------------------------------------------------------------------
 
     @classmethod
@@ -166,7 +178,7 @@ class Settings:
     def validate(self) -> None:
         self.home = Path(self.home).expanduser()
         choices = {"backend": ("auto", "bwrap", "podman"), "auth": ("token", "none"),
-                   "case": ("snake", "camel"), "network": ("none", "host")}
+                   "case": ("snake", "camel"), "network": ("none", "api", "outbound", "host")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)!r} is not valid; "

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from lightabaco import ids
 from lightabaco.abaco import message_env, schedule
+from lightabaco.abaco import network as network_mod
 from lightabaco.protocol.errors import NotFound, ValidationError
 from lightabaco.protocol.fields import FieldSpec, parse, present
 from lightabaco.sharing import aliases, permissions
@@ -49,6 +50,9 @@ ACTOR_FIELDS: list[FieldSpec] = [
     FieldSpec("type", "str", "none", "Return type (none, bin, json) for this actor. Default is none."),
     FieldSpec("message_env_allow", "list", list, "Variable names (or prefixes ending in '*') that message "
               "senders may set although they are refused by default, e.g. PYTHONPATH (lightabaco "
+              "extension)."),
+    FieldSpec("network", "str", None, "What the actor's executions may reach: none, api (the default: "
+              "only this API), outbound (the internet, never the host), host (admins) (lightabaco "
               "extension)."),
 ]
 _PUT_FIELDS = [f for f in ACTOR_FIELDS if f.name != "name"] + [
@@ -108,6 +112,7 @@ def display(services: Any, identity: Identity | None, row: Actor) -> dict[str, A
         "cron_schedule": row.cron_schedule, "cron_next_ex": row.cron_next_ex, "mounts": row.mounts,
         "uid": row.uid, "gid": row.gid, "tasdir": row.tasdir, "revision": row.revision,
         "message_env_allow": row.message_env_allow or [],
+        "network": network_mod.effective(services.settings, row),
         "create_time": display_time(row.create_time),
         "last_update_time": display_time(row.last_update_time),
         "_links": links(services, identity, row),
@@ -164,6 +169,8 @@ def _validate(services: Any, identity: Identity, raw: Mapping[str, Any], values:
         values["cron_next_ex"] = None
     if values["cron_on"] is None:
         values["cron_on"] = False
+    values["network"] = network_mod.choose(services.settings, identity, values.get("network"),
+                                           getattr(previous, "network", None), DESCRIPTION_PREFIX)
 
 
 # -- use cases ---------------------------------------------------------------------------------------

@@ -281,9 +281,33 @@ def check_root_home(home: Path) -> list[Check]:
                   "run lightabaco as a normal user where you can")]
 
 
+def check_network_modes(tun: str = "/dev/net/tun") -> list[Check]:
+    """Which per-actor network modes this host can run (issue 11), and what to install for the rest."""
+    from lightabaco.sandbox import network
+
+    checks = [Check("network none / api", "ok", "own network namespace; `api` relays 127.0.0.1 inside to "
+                    "this API (needs nothing more)")]
+    if network.pasta_path() is None:
+        checks.append(Check("network outbound", "warn", "pasta is not installed: actors with network "
+                            "'outbound' cannot start", "sudo apt-get install -y passt"))
+    elif not os.path.exists(tun):
+        checks.append(Check("network outbound", "warn", f"{tun} is missing: pasta needs the tun device",
+                            "sudo modprobe tun"))
+    elif not (os.stat(tun).st_mode & 0o006) == 0o006:
+        checks.append(Check("network outbound", "warn", f"{tun} is not readable and writable by all: pasta "
+                            "runs as the sandbox user and cannot open it (no udev here?)",
+                            f"sudo chmod 0666 {tun} (Debian's default)"))
+    else:
+        checks.append(Check("network outbound", "ok", f"pasta ({network.pasta_path()}), no host loopback, "
+                            "no link-local"))
+    checks.append(Check("network host", "ok", "admins' actors only, when LIGHTABACO_NETWORK_ALLOW_HOST=true"))
+    return checks
+
+
 def run_checks(home: Path) -> list[Check]:
     checks = (check_userns() + check_backends() + check_cgroups() + check_home(home) + check_root_home(home)
               + check_tools(home))
+    checks += check_network_modes()
     return checks
 
 

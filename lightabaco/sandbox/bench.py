@@ -7,6 +7,9 @@ Rows (all run `/bin/true` of the same busybox rootfs, or the host's busybox for 
   raw bwrap          bubblewrap with lightabaco's namespaces on the same rootfs, nothing else
   lightabaco bwrap   the full execution path: scratch dir, binary message file, results socket,
                      log pipe, rlimits, json status, watchdog, wait4 stats, cleanup
+  network api        the full path with the API door (a listener made in the sandbox's netns by the
+                     helper, relayed by the monitor; issue 11)
+  network outbound   the same plus pasta attached to the sandbox's netns (when pasta is installed)
   podman run         the podman backend's full path (when podman works here)
 Throughput: executions/s of the full path with 1 and 2 concurrent runner processes (the service
 runs one execution per worker process). Noise: the spread of the raw baseline and the load average.
@@ -138,6 +141,41 @@ def fork_bomb(backend: BwrapBackend, image: PreparedImage) -> dict[str, float | 
             "host_true_median_ms": statistics.median(host_lat or [0]) * 1e3}
 
 
+def network_rows(backend: BwrapBackend, image: PreparedImage, runs: int) -> list[dict[str, Any]]:
+    """The full path in the `api` and `outbound` network modes (the door leads to a listener here)."""
+    import socket
+
+    from . import network
+
+    if runs <= 0:
+        return []
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen(8)
+    relay = network.ApiRelay(upstream=("127.0.0.1", upstream.getsockname()[1]), port=8000)
+    rows: list[dict[str, Any]] = []
+    try:
+        for mode in ("api", "outbound"):
+            if mode == "outbound" and network.pasta_path() is None:
+                rows.append({"name": "network outbound", "skipped": "pasta (Debian's passt) is not installed"})
+                continue
+
+            def one(mode: str = mode) -> None:
+                spec = spec_for(image)
+                spec.network, spec.api_relay = mode, relay
+                res = backend.run(spec)
+                if res.exit_code != 0:
+                    raise RuntimeError(res.reason)
+                os.unlink(res.log_path)
+            try:
+                rows.append(summarize(f"lightabaco bwrap network {mode}", time_calls(one, runs)))
+            except RuntimeError as exc:
+                rows.append({"name": f"network {mode}", "skipped": str(exc)[:200]})
+    finally:
+        upstream.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lightabaco.sandbox.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="executions per throughput measurement (default 400)")
     ap.add_argument("--fork-bomb", action="store_true",
                     help="also run a fork bomb under the default limits and report the host's latency")
+    ap.add_argument("--network-runs", type=int, default=None,
+                    help="runs for each network mode row (default: --runs; 0 to skip)")
     ap.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = ap.parse_args(argv)
 
@@ -187,6 +227,7 @@ def _bench(args: argparse.Namespace, base: Path) -> int:
         os.unlink(res.log_path)
 
     rows.append(summarize("lightabaco bwrap full path", time_calls(full, args.runs)))
+    rows.extend(network_rows(backend, image, args.runs if args.network_runs is None else args.network_runs))
     if args.podman_runs > 0:
         from .podman import PodmanBackend
 

@@ -20,9 +20,11 @@ import re
 import resource
 import shutil
 import threading
+import time
 import weakref
 from pathlib import Path
 
+from . import network
 from . import probe as probe_mod
 from . import seccomp
 from .channels import LogSink, ResultsSocket, write_binary_data
@@ -205,6 +207,12 @@ class BwrapBackend:
 
     def _prepare(self, spec: ExecSpec) -> BwrapExecution:
         report = self.require_usable()
+        if spec.network not in network.MODES:
+            raise ExecutionSetupError(f"unknown network mode {spec.network!r}; use one of: "
+                                      + ", ".join(network.MODES))
+        if spec.network == "outbound" and network.pasta_path() is None:
+            raise ExecutionSetupError("network mode 'outbound' needs pasta: install Debian's `passt` "
+                                      "package (or give the actor network 'api' or 'none')")
         if not spec.execution_id:
             spec.execution_id = new_execution_id()
         host_user = sandbox_host_user()
@@ -316,7 +324,7 @@ class BwrapBackend:
         else:
             args += ["--ro-bind", os.fspath(exec_dir.binary_path), BINARY_DATA]
         args += ["--ro-bind", os.fspath(exec_dir.path / "results.sock"), RESULTS_SOCK]
-        if spec.network == "host" and os.path.isfile("/etc/resolv.conf") and \
+        if spec.network in ("host", "outbound") and os.path.isfile("/etc/resolv.conf") and \
                 os.path.isfile(rootfs / "etc" / "resolv.conf") and not tmpfs_root:
             # With the host's network the actor also needs the host's name servers.
             args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
@@ -357,7 +365,34 @@ class BwrapBackend:
             group=host_user.gid if host_user else None, status_fd=status_r, block_fd=block_w,
             rlimits=rlimits, prlimit=self._helper.prlimit if host_user is not None else None,
             watch_ipc=self._ipc_watcher(spec),
+            setup_network=self._network_setup(spec, host_user),
         )
+
+    def _network_setup(self, spec: ExecSpec, host_user: HostUser | None):  # type: ignore[no-untyped-def]
+        """The execution's network mode beyond bwrap's own --unshare-net / --share-net: the API door
+        and, for `outbound`, prohibit routes and pasta (sandbox/network.py)."""
+        mode = spec.network
+        if mode in ("none", "host"):
+            return None
+        relay = spec.api_relay
+        prohibit = network.prohibited_networks(mode)
+        user = (host_user.uid, host_user.gid) if host_user is not None else None
+
+        def setup(pid: int) -> network.Attachment:
+            started = time.monotonic()
+            att = network.Attachment()
+            try:
+                listener = self._helper.net_door(pid, relay.port if relay else 0, prohibit)
+                if listener is not None and relay is not None:
+                    att.relay = network.RelayServer(listener, relay, name=f"api-relay-{spec.execution_id}")
+                if mode == "outbound":
+                    att.pasta = network.start_pasta(pid, user)
+            except BaseException:
+                att.close()
+                raise
+            att.setup_ms = (time.monotonic() - started) * 1000
+            return att
+        return setup
 
     def _ipc_watcher(self, spec: ExecSpec):  # type: ignore[no-untyped-def]
         """Cap and count the sandbox's SysV shared memory when its memory is limited."""

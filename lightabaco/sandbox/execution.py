@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from . import procstats
 from .channels import LogSink, ResultsSocket
@@ -69,6 +69,9 @@ class LaunchPlan:
     # Set the limits of pid 1's IPC namespace and watch its SysV shared memory (bwrap: through
     # rlimit_helper); called while pid 1 is still blocked. Raises OSError: the actor then never runs.
     watch_ipc: Callable[[int], IpcWatch] | None = None
+    # Put the execution's network mode in place (sandbox/network.py); called while pid 1 is still
+    # blocked, returns what to close at the end. Raises OSError: the actor then never runs.
+    setup_network: Callable[[int], Any] | None = None
 
 
 def ipc_sysctls(memory_bytes: int) -> dict[str, str]:
@@ -124,6 +127,7 @@ class MonitoredExecution:
         # Python: 10-30 MB) and so says nothing about a small actor.
         self._peak_rss_kb = 0
         self._ipc: IpcWatch | None = None
+        self._net: Any = None  # network.Attachment of the execution's network mode
         self._child_pidfd = -1
         self._hard_killed_at: float | None = None
         self._term_deadline: float | None = None
@@ -337,6 +341,16 @@ class MonitoredExecution:
                     self.outcome.limit_error = f"IPC namespace limits: {exc}"
                     self._terminate(0.0)
                     return
+            if self._plan.setup_network is not None:
+                try:
+                    self._net = self._plan.setup_network(self.child_pid)  # type: ignore[arg-type]
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ESRCH):
+                        raise ProcessLookupError from exc
+                    # Fail closed: the actor never runs with a network other than its mode's.
+                    self.outcome.spawn_error = f"network mode {self.spec.network!r}: {exc.strerror or exc}"
+                    self._terminate(0.0)
+                    return
             if self._plan.block_fd >= 0:
                 os.write(self._plan.block_fd, b"g")
         except (ProcessLookupError, BrokenPipeError):
@@ -482,6 +496,9 @@ class MonitoredExecution:
         if self._ipc is not None:
             self._ipc.close()
             self._ipc = None
+        if self._net is not None:
+            self._net.close()
+            self._net = None
         for fd in (self._plan.status_fd, self._plan.block_fd, self._child_pidfd):
             if fd >= 0:
                 os.close(fd)

@@ -24,8 +24,9 @@ _HEAD = struct.Struct("=ciI")  # kind, pid, number of limits
 _ITEM = struct.Struct("=iqq")  # resource, soft, hard (-1 = RLIM_INFINITY)
 _REPLY = struct.Struct("=i")  # 0 or errno
 _USAGE = struct.Struct("=q")  # SysV bytes in the namespace (-errno when it cannot be read)
-_PRLIMIT, _WATCH_IPC = b"L", b"I"
-_CLONE_NEWIPC, _CLONE_NEWUSER = 0x08000000, 0x10000000
+_PRLIMIT, _WATCH_IPC, _NET_DOOR = b"L", b"I", b"N"
+_CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWNET = 0x08000000, 0x10000000, 0x40000000
+_PORT = struct.Struct("=H")  # the API door's port inside the sandbox (0: no door)
 _NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
 _SHM_INFO = 14
 _MAX_MSG = 65536
@@ -89,6 +90,58 @@ def _watch_ipc(pid: int, sysctls: bytes, sock: socket.socket) -> None:
             sock.send(_USAGE.pack(-(exc.errno or errno_mod.EIO)))
 
 
+def _add_prohibit_route(nl: socket.socket, network: str, seq: int) -> None:
+    """`ip route add prohibit NETWORK` (IPv4) through rtnetlink: connect() there fails at once."""
+    addr, _, bits = network.partition("/")
+    dst = socket.inet_aton(addr)
+    rta = struct.pack("=HH", 8, 1) + dst  # RTA_DST
+    # rtmsg: family, dst_len, src_len, tos, table (main), protocol (static), scope, type (prohibit)
+    rtm = struct.pack("=BBBBBBBBI", socket.AF_INET, int(bits or 32), 0, 0, 254, 4, 0, 8, 0)
+    body = rtm + rta
+    # RTM_NEWROUTE, flags REQUEST|ACK|CREATE|REPLACE
+    nl.send(struct.pack("=IHHII", 16 + len(body), 24, 0x1 | 0x4 | 0x400 | 0x100, seq, 0) + body)
+    reply = nl.recv(4096)
+    err = struct.unpack_from("=i", reply, 16)[0] if len(reply) >= 20 else -errno_mod.EIO
+    if err:
+        raise OSError(-err, f"cannot add a prohibit route for {network}: {os.strerror(-err)}")
+
+
+def _net_door(pid: int, body: bytes, sock: socket.socket) -> None:
+    """In a forked child: join `pid`'s network namespace, refuse the given destinations there, and
+    hand back a TCP socket listening on 127.0.0.1:<port> inside it (see sandbox/network.py)."""
+    try:
+        (port,) = _PORT.unpack_from(body)
+        net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        owner = fcntl.ioctl(net, _NS_GET_USERNS)
+        _setns(owner, _CLONE_NEWUSER)
+        _setns(net, _CLONE_NEWNET)
+        os.close(owner)
+        os.close(net)
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+        for seq, network in enumerate(body[_PORT.size:].decode().split(), start=1):
+            _add_prohibit_route(nl, network, seq)
+        nl.close()
+        fds = []
+        if port:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # bwrap brings the namespace's loopback up itself, possibly just after reporting pid 1.
+            deadline = time.monotonic() + 2.0
+            while True:
+                try:
+                    listener.bind(("127.0.0.1", port))
+                    break
+                except OSError as exc:
+                    if exc.errno != errno_mod.EADDRNOTAVAIL or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.0005)
+            listener.listen(64)
+            fds.append(listener.fileno())
+        socket.send_fds(sock, [_REPLY.pack(0)], fds)
+    except OSError as exc:
+        sock.send(_REPLY.pack(exc.errno or errno_mod.EIO) + str(exc).encode()[:1000])
+
+
 def _serve(ctl: socket.socket) -> None:
     # The per-execution children are never waited for: let the kernel reap them.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -116,6 +169,17 @@ def _serve(ctl: socket.socket) -> None:
                 try:
                     ctl.close()
                     _watch_ipc(pid, body, socket.socket(fileno=fds[0]))
+                except BaseException:  # noqa: BLE001 - never return into the helper's loop
+                    status = 1
+                finally:
+                    os._exit(status)
+        elif kind == _NET_DOOR and fds:
+            child = os.fork()
+            if child == 0:
+                status = 0
+                try:
+                    ctl.close()
+                    _net_door(pid, body, socket.socket(fileno=fds[0]))
                 except BaseException:  # noqa: BLE001 - never return into the helper's loop
                     status = 1
                 finally:

@@ -209,6 +209,17 @@ class PodmanExecution(MonitoredExecution):
         return returncode, None
 
 
+def podman_network(mode: str) -> str:
+    """podman's --network for a mode of sandbox/network.py. `outbound` is slirp4netns with the host's
+    loopback not mapped (podman 4.3 has no pasta); the API door is not built on podman yet, so `api`
+    runs like `none` there (see docs/security.md)."""
+    if mode == "host":
+        return "host"
+    if mode == "outbound":
+        return "slirp4netns:allow_host_loopback=false,enable_ipv6=false"
+    return "none"
+
+
 class PodmanBackend:
     """`get_backend("podman", scratch=...)`."""
 
@@ -287,7 +298,7 @@ class PodmanBackend:
         lim = spec.limits
         argv = [self.podman, "--runtime", runtime, "run", "--rm", "--name", f"la-{spec.execution_id}",
                 "--cidfile", str(exec_dir / "cid"), "--log-driver", "none",
-                f"--network={'host' if spec.network == 'host' else 'none'}",
+                f"--network={podman_network(spec.network)}",
                 "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
                 # --read-only alone adds /run and /var/tmp as tmpfs without a size limit (half the
                 # host's RAM, counted in no process's memory); only the sized /tmp below stays

@@ -37,7 +37,7 @@ import threading
 from pathlib import Path
 
 from .errors import ExecutionSetupError
-from .helper_server import _HEAD, _ITEM, _PRLIMIT, _REPLY, _USAGE, _WATCH_IPC
+from .helper_server import _HEAD, _ITEM, _NET_DOOR, _PORT, _PRLIMIT, _REPLY, _USAGE, _WATCH_IPC
 from .users import HostUser
 
 
@@ -128,6 +128,35 @@ class RlimitHelper:
             raise OSError(err, reply[_REPLY.size:].decode(errors="replace") or os.strerror(err))
         ours.settimeout(1.0)  # a watchdog query must never hang the monitor
         return IpcWatch(ours)
+
+    def net_door(self, pid: int, port: int, prohibit: list[str], timeout_s: float = 10.0) -> socket.socket | None:
+        """In the network namespace of `pid`: add prohibit routes for `prohibit` (IPv4 networks) and,
+        when `port` is set, return a socket listening on 127.0.0.1:`port` there (sandbox/network.py).
+        Raises OSError when the namespace cannot be joined or a step fails."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._call(_HEAD.pack(_NET_DOOR, pid, 0) + _PORT.pack(port) + " ".join(prohibit).encode(),
+                       [theirs.fileno()])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        try:
+            ours.settimeout(timeout_s)
+            reply, fds, _, _ = socket.recv_fds(ours, 4096, 1)
+        except OSError as exc:
+            raise OSError(errno_mod.EIO, f"no answer from the network namespace helper: {exc}") from exc
+        finally:
+            ours.close()
+        if len(reply) < _REPLY.size:
+            raise OSError(errno_mod.EIO, "the network namespace helper exited before answering")
+        (err,) = _REPLY.unpack_from(reply)
+        if err:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(err, reply[_REPLY.size:].decode(errors="replace") or os.strerror(err))
+        return socket.socket(fileno=fds[0]) if fds else None
 
     def close(self) -> None:
         self._sock.close()  # the helper sees EOF and exits

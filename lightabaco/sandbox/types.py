@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Protocol
 
+from .network import ApiRelay
+
 # Abaco's documented maximum size of one result datagram.
 MAX_RESULT_BYTES = 131072
 
@@ -66,7 +68,9 @@ class ExecSpec:
     binary_message: bytes | None = None  # delivered at /_abaco_binary_data
     use_image_user: bool = False  # Abaco's use_container_uid: run as the image USER
     uid_gid: tuple[int, int] | None = None  # explicit uid/gid inside the sandbox (overrides the above)
-    network: Literal["none", "host"] = "none"
+    # none | api | outbound | host (sandbox/network.py); api and outbound get the API door below
+    network: str = "none"
+    api_relay: ApiRelay | None = None  # where 127.0.0.1:<port> inside the sandbox leads (the API)
     limits: Limits = field(default_factory=Limits)
     mounts: list[tuple[Path, str, bool]] = field(default_factory=list)  # (host, container, read_only)
     on_result: Callable[[bytes], None] | None = None  # called for each result datagram, while running;

@@ -73,6 +73,9 @@ class Actor(BaseModel):
     # Names (or PREFIX* entries) of variables that message senders may set although they are refused
     # by default (lightabaco/abaco/message_env.py); only the owner (UPDATE) sets it. NULL = none.
     message_env_allow = JSONField(null=True, default=list)
+    # none | api | outbound | host (lightabaco/abaco/network.py). NULL: registered before network
+    # modes existed; runs with the instance's `network` setting, as it did then.
+    network = peewee.CharField(null=True)
 
 
 class Message(BaseModel):

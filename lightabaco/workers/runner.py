@@ -17,6 +17,7 @@ from lightabaco.abaco import result_quota, signals
 from lightabaco.abaco.actors import mem_bytes
 from lightabaco.abaco.environment import build_env
 from lightabaco.abaco.messages import BINARY
+from lightabaco.abaco.network import exec_network
 from lightabaco.protocol.serialize import display_time
 from lightabaco.sandbox.types import ExecResult, ExecSpec, Limits, PreparedImage
 from lightabaco.store import fast, mailbox
@@ -154,7 +155,7 @@ class Runner:
         spec = ExecSpec(image=self.image, execution_id=sandbox_id, env=env,
                         binary_message=claimed.body if claimed.content_type == BINARY else None,
                         use_image_user=actor.use_container_uid,
-                        network="host" if self.settings.network == "host" else "none",
+                        **exec_network(self.settings, actor, env),
                         limits=limits_for(self.settings, actor), on_result=on_result,
                         log_path=log_path)
         try:
