@@ -1,6 +1,9 @@
 """Applying Containerfile instructions to a build tree: COPY/ADD, RUN in bubblewrap, config changes.
 
-Helpers of build.py (standard library only, like the rest of the sandbox package).
+Helpers of builder.py. The tree holds base image content and earlier steps' output, so any of its
+directories may be a symlink (to the host's `/`, say): every write goes through the chroot-safe walker
+(lightabaco.sandbox.safepath, via tree.py) and the *at() calls on the directory fds it hands back, so a
+link in the tree is followed only as the image would follow it, inside the tree.
 """
 
 from __future__ import annotations
@@ -9,13 +12,17 @@ import fnmatch
 import glob
 import os
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from lightabaco.sandbox.safepath import ERROR, UnsafePath, lstat_at, open_beneath, open_dir_at, remove_at
+from lightabaco.sandbox.safepath import resolve_in_root as resolve_dir
+
 from . import bases
-from .tree import Skeleton, extract_archive, lookup_ids, resolve_in_root
+from .tree import Skeleton, dir_in_tree, extract_archive, locate_in_tree, lookup_ids, tree_root
 from .containerfile import BuildError, Instruction, command, expand, key_values, sources_and_dest
 
 Progress = Callable[[str, int, "int | None", str], None]
@@ -55,20 +62,20 @@ class TreeBuilder:
         self.context, self.root, self.source = context, root, source
         self.skeleton = skeleton
         self.network, self.progress = network, progress
-        self.created_mounts: list[Path] = []
+        # Mount points bwrap needs that the image lacked, and their parents' times: paths from the root.
+        self.created_mounts: list[tuple[str, ...]] = []
         self.owners: dict[str, tuple[int, int]] = {}
-        self.parent_times: dict[Path, tuple[int, int]] = {}
+        self.parent_times: dict[tuple[str, ...], tuple[int, int]] = {}
+        self.prepare = skeleton.prepare if skeleton is not None else None
 
-    def resolve(self, path: str, follow_last: bool = True) -> Path:
-        if self.skeleton is not None:
-            self.skeleton.ensure(self.root, path)
-        return resolve_in_root(self.root, path, follow_last)
+    def make_dir(self, path: str) -> None:
+        """The directory `path` of the image, made with its parents when missing (WORKDIR, RUN's cwd)."""
+        with tree_root(self.root) as rfd:
+            fd, _ = dir_in_tree(rfd, path, prepare=self.prepare)
+            os.close(fd)
 
     def ids(self, spec: str) -> tuple[int, int]:
-        if self.skeleton is not None:
-            for name in Skeleton.ACCOUNT_FILES:
-                self.skeleton.ensure(self.root, "/" + name)
-        return lookup_ids(self.root, spec)
+        return lookup_ids(self.root, spec, self.prepare)
 
     def where(self, instruction: Instruction) -> str:
         return f"{self.source}:{instruction.line}"
@@ -94,45 +101,97 @@ class TreeBuilder:
         to_dir = dest.endswith("/") or len(matches) > 1 or any(m.is_dir() for m in matches)
         owner = self.ids(expand(ins.flags["chown"], st.variables)) if ins.flags.get("chown") else None
         mode = int(ins.flags["chmod"], 8) if ins.flags.get("chmod") else None
-        for match in matches:
-            if ins.keyword == "ADD" and match.is_file() and match.name.endswith(_ARCHIVE_SUFFIXES):
-                self._extract(match, dest, ins, owner)
-                continue
-            target_dir = self.resolve(dest) if to_dir else self.resolve(os.path.dirname(dest) or "/")
-            target_dir.mkdir(parents=True, exist_ok=True)
-            if match.is_dir():
-                for item in sorted(match.rglob("*")):
-                    rel = item.relative_to(match)
-                    if ignored(item.relative_to(self.context).as_posix(), ignore):
-                        continue
-                    self._copy_one(item, target_dir / rel, owner, mode)
-            else:
-                target = target_dir / match.name if to_dir else self.resolve(dest)
-                self._copy_one(match, target, owner, mode)
+        with tree_root(self.root) as rfd:
+            for match in matches:
+                if ins.keyword == "ADD" and match.is_file() and match.name.endswith(_ARCHIVE_SUFFIXES):
+                    self._extract(match, dest, ins, owner)
+                    continue
+                if to_dir:
+                    dfd, dparts = dir_in_tree(rfd, dest, prepare=self.prepare)
+                    try:
+                        if match.is_dir():
+                            self._copy_tree(match, dfd, dparts, owner, mode, ignore)
+                        else:
+                            self._copy_one(match, dfd, dparts, match.name, owner, mode)
+                    finally:
+                        os.close(dfd)
+                    continue
+                with locate_in_tree(rfd, dest, prepare=self.prepare) as entry:
+                    there = entry.lstat()
+                    if there is not None and stat.S_ISDIR(there.st_mode):
+                        # `COPY file /existing-dir` (no trailing slash) copies into it, as Docker does.
+                        dfd, dparts = resolve_dir(rfd, entry.parts, missing=ERROR)
+                        try:
+                            self._copy_one(match, dfd, dparts, match.name, owner, mode)
+                        finally:
+                            os.close(dfd)
+                    else:
+                        self._copy_one(match, entry.dir_fd, entry.dir_parts, entry.name, owner, mode)
 
-    def _copy_one(self, src: Path, target: Path, owner: tuple[int, int] | None, mode: int | None) -> None:
-        if target.is_symlink() or (target.exists() and not target.is_dir()):
-            target.unlink()
+    def _copy_tree(self, src: Path, dfd: int, dparts: list[str], owner: tuple[int, int] | None,
+                   mode: int | None, ignore: list[str]) -> None:
+        """The contents of the context directory `src` into the tree directory `dfd` (at `dparts`)."""
+        for item in sorted(src.iterdir()):
+            if ignored(item.relative_to(self.context).as_posix(), ignore):
+                continue
+            if item.is_dir() and not item.is_symlink():
+                cfd = self._plain_dir(dfd, item.name)
+                try:
+                    self._copy_tree(item, cfd, dparts + [item.name], owner, mode, ignore)
+                    info = item.stat()
+                    os.fchmod(cfd, stat.S_IMODE(info.st_mode))  # after its contents: may be read-only
+                    os.utime(cfd, ns=(info.st_atime_ns, info.st_mtime_ns))
+                    self._own(dfd, dparts, item.name, owner)
+                finally:
+                    os.close(cfd)
+            else:
+                self._copy_one(item, dfd, dparts, item.name, owner, mode)
+
+    @staticmethod
+    def _plain_dir(dfd: int, name: str) -> int:
+        """A real directory `name` in `dfd` (whatever else was there is removed, a link never followed)."""
+        there = lstat_at(dfd, name)
+        if there is not None and not stat.S_ISDIR(there.st_mode):
+            remove_at(dfd, name)
+            there = None
+        if there is None:
+            os.mkdir(name, 0o700, dir_fd=dfd)
+        fd = open_dir_at(dfd, name)
+        if os.getuid() != 0:
+            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | 0o700)  # writable while filled
+        return fd
+
+    def _copy_one(self, src: Path, dfd: int, dparts: list[str], name: str, owner: tuple[int, int] | None,
+                  mode: int | None) -> None:
+        """One context file or symlink as `name` in the tree directory `dfd` (replacing what is there)."""
+        there = lstat_at(dfd, name)
+        if there is not None:
+            remove_at(dfd, name)
         if src.is_symlink():
-            os.symlink(os.readlink(src), target)
-        elif src.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copystat(src, target)
+            os.symlink(os.readlink(src), name, dir_fd=dfd)
         else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
-            if mode is not None:
-                os.chmod(target, mode)
+            info = src.stat()
+            with open(src, "rb") as source:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=dfd)
+                with os.fdopen(fd, "wb") as handle:
+                    shutil.copyfileobj(source, handle, 1 << 20)
+                    handle.flush()
+                    os.fchmod(fd, mode if mode is not None else stat.S_IMODE(info.st_mode))
+                    os.utime(fd, ns=(info.st_atime_ns, info.st_mtime_ns))
+        self._own(dfd, dparts, name, owner)
+
+    def _own(self, dfd: int, dparts: list[str], name: str, owner: tuple[int, int] | None) -> None:
         if os.getuid() == 0:
-            os.lchown(target, *(owner or (0, 0)))  # COPY without --chown gives root-owned files, as Docker does
+            # COPY without --chown gives root-owned files, as Docker does.
+            os.chown(name, *(owner or (0, 0)), dir_fd=dfd, follow_symlinks=False)
         elif owner is not None:
             # Unprivileged builds cannot chown: the owner is written into the layer's tar headers instead.
-            self.owners[target.relative_to(self.root).as_posix()] = owner
+            self.owners["/".join(dparts + [name])] = owner
 
     def _extract(self, archive: Path, dest: str, ins: Instruction, owner: tuple[int, int] | None) -> None:
-        ensure = (lambda path: self.skeleton.ensure(self.root, path)) if self.skeleton is not None else None
         try:
-            extract_archive(archive, self.root, dest, self.owners, chown=owner, ensure=ensure)
+            extract_archive(archive, self.root, dest, self.owners, chown=owner, prepare=self.prepare)
         except BuildError as exc:
             raise BuildError(f"{self.where(ins)}: ADD {exc}") from None
 
@@ -145,14 +204,16 @@ class TreeBuilder:
         if not bwrap:
             raise BuildError("RUN needs bubblewrap: `sudo apt-get install -y bubblewrap` (or --engine podman)")
         uid, gid = lookup_ids(self.root, st.user) if st.user else (0, 0)
-        workdir = self.resolve(st.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        for name in ("proc", "dev", "tmp"):
-            path = self.root / name
-            if not path.exists() and not path.is_symlink():
-                self._remember_parent(path)
-                path.mkdir()
-                self.created_mounts.append(path)
+        self.make_dir(st.workdir)
+        with tree_root(self.root) as rfd:
+            for name in ("proc", "dev", "tmp"):
+                if lstat_at(rfd, name) is None:
+                    self._remember_parent(rfd, (name,))
+                    os.mkdir(name, 0o755, dir_fd=rfd)
+                    self.created_mounts.append((name,))
+            resolv = self._resolv_conf(rfd) if self.network == "host" else None
+            extra_env: dict[str, str] = {}
+            trust = self._host_trust(rfd, extra_env) if self.network == "host" else []
         if os.getuid() == 0 and uid == 0:
             # Real root builds like `docker build`: no user namespace, so root keeps its capabilities
             # over files owned by other uids (chown, chmod of COPY --chown files, package managers).
@@ -167,17 +228,9 @@ class TreeBuilder:
                 args.append("--share-net")
         args += ["--die-with-parent", "--new-session",
                  "--bind", str(self.root), "/", "--proc", "/proc", "--dev", "/dev"]
-        resolv = self.root / "etc" / "resolv.conf"
-        if self.network == "host" and Path("/etc/resolv.conf").exists() and (self.root / "etc").is_dir() \
-                and not resolv.is_symlink():
-            if not resolv.exists():
-                self._remember_parent(resolv)
-                resolv.touch()
-                self.created_mounts.append(resolv)
-            args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
-        extra_env: dict[str, str] = {}
-        if self.network == "host":
-            args += self._host_trust(extra_env)
+        if resolv is not None:
+            args += ["--ro-bind", "/etc/resolv.conf", resolv]
+        args += trust
         args += ["--chdir", st.workdir, "--"] + argv
         env = dict(e.split("=", 1) for e in st.env if "=" in e)
         env.setdefault("PATH", bases.DEFAULT_PATH.split("=", 1)[1])
@@ -193,11 +246,49 @@ class TreeBuilder:
                              f"{proc.returncode}:\n{tail}")
         return output
 
-    def _remember_parent(self, path: Path) -> None:
-        st = path.parent.stat()
-        self.parent_times.setdefault(path.parent, (st.st_atime_ns, st.st_mtime_ns))
+    def _remember_parent(self, root_fd: int, parts: tuple[str, ...]) -> None:
+        if parts[:-1] not in self.parent_times:
+            fd = open_beneath(root_fd, parts[:-1])
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            self.parent_times[parts[:-1]] = (st.st_atime_ns, st.st_mtime_ns)
 
-    def _host_trust(self, env: dict[str, str]) -> list[str]:
+    def _mount_file(self, root_fd: int, parts: tuple[str, ...]) -> bool:
+        """An (empty) file at `parts` for bwrap to bind over, made if missing; False when something
+        other than a regular file is there (a link bwrap would follow on the host: no bind then)."""
+        try:
+            fd, _ = resolve_dir(root_fd, list(parts[:-1]), missing=ERROR)
+        except UnsafePath:
+            return False
+        try:
+            there = lstat_at(fd, parts[-1])
+            if there is not None:
+                return stat.S_ISREG(there.st_mode)
+            self._remember_parent(root_fd, parts)
+            os.close(os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o644, dir_fd=fd))
+            self.created_mounts.append(parts)
+            return True
+        finally:
+            os.close(fd)
+
+    def _resolv_conf(self, root_fd: int) -> str | None:
+        """Where to bind the host's resolv.conf for RUN with the host network (None: do not)."""
+        if not Path("/etc/resolv.conf").exists():
+            return None
+        # /etc as the image resolves it (the bind target must be a path of real directories: bwrap
+        # follows links on the host side), then a plain file there.
+        try:
+            fd, parts = resolve_dir(root_fd, ["etc"], missing=ERROR)
+        except UnsafePath:
+            return None
+        os.close(fd)
+        return "/" + "/".join(parts + ["resolv.conf"]) if self._mount_file(root_fd, (*parts, "resolv.conf")) \
+            else None
+
+    def _host_trust(self, root_fd: int, env: dict[str, str]) -> list[str]:
         """Let RUN reach package indexes the way the host does: the host's CA bundle (hosts behind a
         TLS-inspecting proxy add their CA there) and its proxy/pip index variables, as `docker build`
         passes proxy variables through."""
@@ -206,37 +297,56 @@ class TreeBuilder:
                 env[name] = os.environ[name]
         bundle = next((Path(os.environ[v]) for v in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
                        if os.environ.get(v) and Path(os.environ[v]).is_file()), Path(HOST_CA_BUNDLE))
-        if not bundle.is_file() or (self.root / "run").is_symlink():
+        if not bundle.is_file():
             return []
-        run_dir = self.root / "run"
-        if not run_dir.exists():
-            self._remember_parent(run_dir)
-            run_dir.mkdir()
-            self.created_mounts.append(run_dir)
-        target = run_dir / "lightabaco-host-ca.crt"
-        if not target.exists():
-            target.touch()
-            self.created_mounts.append(target)
+        run = lstat_at(root_fd, "run")
+        if run is None:
+            self._remember_parent(root_fd, ("run",))
+            os.mkdir("run", 0o755, dir_fd=root_fd)
+            self.created_mounts.append(("run",))
+        elif not stat.S_ISDIR(run.st_mode):
+            return []  # a link (or a file): binding below it would follow it on the host
+        if not self._mount_file(root_fd, ("run", "lightabaco-host-ca.crt")):
+            return []
         for name in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"):
             env[name] = "/run/lightabaco-host-ca.crt"
         return ["--ro-bind", str(bundle), "/run/lightabaco-host-ca.crt"]
 
     def cleanup_mounts(self) -> None:
         # Mount points that bwrap needed but the image did not have: leave the image as it was, parent
-        # directory times included, so they do not show up in the layer diff.
-        for path in reversed(self.created_mounts):
-            try:
-                if path.is_dir() and not any(path.iterdir()):
-                    path.rmdir()
-                elif path.is_file() and path.stat().st_size == 0:
-                    path.unlink()
-            except OSError:
-                pass
-        for parent, times in self.parent_times.items():
-            try:
-                os.utime(parent, ns=times)
-            except OSError:
-                pass
+        # directory times included, so they do not show up in the layer diff. RUN may have replaced any
+        # of them (or a parent) by a link: fd-relative, nothing is followed.
+        with tree_root(self.root) as rfd:
+            for parts in reversed(self.created_mounts):
+                try:
+                    fd = open_beneath(rfd, parts[:-1])
+                except (UnsafePath, OSError):
+                    continue
+                try:
+                    there = lstat_at(fd, parts[-1])
+                    if there is None:
+                        continue
+                    if stat.S_ISDIR(there.st_mode):
+                        os.rmdir(parts[-1], dir_fd=fd)  # only when empty
+                    elif stat.S_ISREG(there.st_mode) and there.st_size == 0:
+                        os.unlink(parts[-1], dir_fd=fd)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            for parent, times in self.parent_times.items():
+                try:
+                    fd = open_beneath(rfd, parent)
+                except (UnsafePath, OSError):
+                    continue
+                try:
+                    os.utime(fd, ns=times)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+        self.created_mounts.clear()
+        self.parent_times.clear()
 
 
 def arg_defaults(ins: Instruction) -> list[tuple[str, str]]:
@@ -265,7 +375,7 @@ def apply(builder: TreeBuilder, st: BuildState, ins: Instruction, build_args: di
     elif kw == "WORKDIR":
         path = expand(ins.args, st.variables)
         st.workdir = os.path.normpath(path if path.startswith("/") else os.path.join(st.workdir, path))
-        builder.resolve(st.workdir).mkdir(parents=True, exist_ok=True)
+        builder.make_dir(st.workdir)
     elif kw == "USER":
         st.user = expand(ins.args, st.variables)
     elif kw in ("COPY", "ADD"):

@@ -12,7 +12,7 @@ Long operations take `progress(event, done, total, detail)`; events are "pull" (
 Modules: `reference` (Docker reference parsing), `oci` (reading layouts and archives, platforms,
 image configs), `unpack` (the safe unpacker), `registry` (distribution API v2 client), `store`.
 
-May import: the standard library, zstandard and lightabaco.sandbox (types, errors, fsutil, pathwalk) only:
+May import: the standard library, zstandard and lightabaco.sandbox (types, errors, fsutil, safepath) only:
 like the sandbox, a library usable on its own.
 """
 

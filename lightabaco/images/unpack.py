@@ -31,8 +31,8 @@ import zstandard
 
 from lightabaco.sandbox.errors import ImageError
 from lightabaco.sandbox.fsutil import force_rmtree
-from lightabaco.sandbox.safepath import (UnsafePath, lstat_at, open_beneath, open_dir_at, open_root, remove_at,
-                                         resolve_in_root, walk_tree)
+from lightabaco.sandbox.safepath import (CREATE, ERROR, UnsafePath, lstat_at, open_beneath, open_dir_at, open_root,
+                                         remove_at, resolve_in_root, walk_tree)
 
 # Bump when the unpacked tree would differ for the same image (the store keys rootfs dirs by it).
 # 2: mount points are always plain files/dirs made by lightabaco (issue 8, item 8); older trees are
@@ -131,7 +131,7 @@ def secure_resolve(root: Path, parts: list[str], *, create: bool = False) -> Pat
     """
     rfd = open_root(root)
     try:
-        fd, resolved = resolve_in_root(rfd, parts, create=create, max_links=MAX_SYMLINKS)
+        fd, resolved = resolve_in_root(rfd, parts, missing=CREATE if create else ERROR, max_links=MAX_SYMLINKS)
         os.close(fd)
     except UnsafePath as e:
         raise _unsafe_to_image_error(e, parts) from None
@@ -380,7 +380,7 @@ class Unpacker:
             self.stats.dirs += 1
             self._record_dir(tuple(path), fd, 0o755, None)
 
-        return resolve_in_root(self._root_fd, parts, create=create, on_create=made if create else None,
+        return resolve_in_root(self._root_fd, parts, missing=CREATE if create else ERROR, created=made,
                                max_links=MAX_SYMLINKS, max_depth=self.limits.max_depth)
 
     # -- per layer
