@@ -18,6 +18,10 @@ from lightabaco.http.parsing import form_fields, media_type, parse_json, query_f
 
 UNSERIALIZABLE = ("message POST body could not be serialized. Pass JSON data or use the message "
                   "attribute.")
+# Said after Abaco's words when a body came without a usable type: the usual cause is a binary message
+# sent without its header (curl --data-binary sets application/x-www-form-urlencoded).
+BINARY_HINT = (" To send binary data, set the header 'Content-Type: application/octet-stream' (curl: -H "
+               "'Content-Type: application/octet-stream' --data-binary @FILE); this body came with {kind}.")
 
 
 async def interpret(request: Request, limit: int) -> tuple[Any, str]:
@@ -58,6 +62,9 @@ async def interpret(request: Request, limit: int) -> tuple[Any, str]:
         loose = None
     if loose is not None and body.strip():
         return loose, messages.STR
+    if body.strip():
+        shown = f"Content-Type {kind!r}" if kind else "no Content-Type"
+        raise ValidationError(UNSERIALIZABLE + BINARY_HINT.format(kind=shown))
     raise ValidationError(UNSERIALIZABLE)
 
 

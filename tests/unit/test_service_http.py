@@ -70,6 +70,10 @@ def test_message_body_interpretation(client):
     assert Message.select().order_by(Message.id.desc()).first().env["ENV1"] == "v"
     r = post(content=b"not json", headers={"Content-Type": "text/plain"})
     assert r.status_code == 400 and "could not be serialized" in r.json()["message"]
+    # A binary body sent without its header: the answer says which header to send (issue 10).
+    r = post(content=b"\x89PNG\r\n\x1a\n\x00\x00")
+    assert r.status_code == 400 and "Content-Type: application/octet-stream" in r.json()["message"]
+    assert "--data-binary" in r.json()["message"]
     r = post(content=b"{bad", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["message"]
 
