@@ -29,6 +29,7 @@ from lightabaco.abaco.doorbell import Doorbell
 from lightabaco.store import mailbox
 from lightabaco.store.db import write_tx
 from lightabaco.store.models import Actor, Execution, Message, Worker
+from lightabaco.workers import lineage
 from lightabaco.workers.notify import SUPERVISOR
 from lightabaco.workers.worker import EXIT_BACKEND, EXIT_IMAGE, EXIT_NEED_PULL
 
@@ -239,8 +240,7 @@ class Supervisor:
             return
         argv = [sys.executable, "-m", "lightabaco.workers.puller", "--home", str(self.settings.home),
                 "--worker-id", row.id, "--actor", row.actor_dbid, "--revision", str(row.revision)]
-        env = dict(os.environ)
-        env.update(self.settings.to_env())
+        env = lineage.child_env({**os.environ, **self.settings.to_env()}, str(self.settings.home))
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
         self.pulls[row.id] = PullJob(proc, row.actor_dbid, owner, actor.image, time.monotonic())
         Worker.update(pid=proc.pid, cid=str(proc.pid)).where(Worker.dbid == row.dbid).execute()
@@ -290,8 +290,7 @@ class Supervisor:
             return
         argv = [sys.executable, "-m", "lightabaco.workers.worker", "--home", str(self.settings.home),
                 "--worker-id", row.id, "--actor", row.actor_dbid, "--revision", str(row.revision)]
-        env = dict(os.environ)
-        env.update(self.settings.to_env())
+        env = lineage.child_env({**os.environ, **self.settings.to_env()}, str(self.settings.home))
         n = Worker.update(status="SPAWNER SETUP").where(
             (Worker.dbid == row.dbid) & (Worker.status == "REQUESTED")).execute()
         if n == 0:

@@ -1,0 +1,130 @@
+"""Issue 9 end to end: a server that dies leaves nothing behind; health; drain; ERROR actors; the pool.
+
+Every way of dying is tried on a live server while executions run: SIGKILL of the main process alone
+(the OOM killer's choice, or `kill -9`), SIGKILL of every process of the server at once (a cgroup kill,
+`systemctl kill`), and SIGKILL of one worker in the middle of an execution. Within 5 s no process of
+that server may remain: found by the server's home (in the argv and environment of its workers,
+pullers and helpers) or by the actor id in a sandbox's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ORPHAN_DEADLINE_S = 5.0
+
+
+def processes_mentioning(*needles: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                data = (entry / part).read_bytes()
+            except OSError:
+                continue
+            if any(n in data for n in needles):
+                found.append(int(entry.name))
+                break
+    return found
+
+
+def describe(pids: list[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()[:100].replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        out.append(f"{pid} (ppid {stat[1]}, {stat[0]}): {cmd}")
+    return out
+
+
+def wait_gone(needles: tuple[bytes, ...], deadline_s: float = ORPHAN_DEADLINE_S) -> list[int]:
+    deadline = time.monotonic() + deadline_s
+    while (left := processes_mentioning(*needles)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def busy_server(server_factory: Any) -> tuple[Any, str, list[str]]:
+    """A server with 3 workers, each running a sandbox (so helpers and sandboxes exist)."""
+    server = server_factory(workers=3)
+    aid = server.register("lightabaco/sleep", max_workers=3)["id"]
+    eids = [server.send(aid, "x", params={"ITERATIONS": "1", "SLEEP": "4"}) for _ in range(6)]
+    deadline = time.monotonic() + 30
+    while len(processes_mentioning(f"_abaco_actor_id={aid}".encode())) < 2:
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.1)
+    return server, aid, eids
+
+
+def needles_of(server: Any, aid: str) -> tuple[bytes, ...]:
+    return (str(server.home).encode(), f"_abaco_actor_id={aid}".encode())
+
+
+def test_sigkill_of_the_main_process_alone_leaves_no_orphan(server_factory: Any) -> None:
+    server, aid, _ = busy_server(server_factory)
+    before = processes_mentioning(*needles_of(server, aid))
+    assert len(before) >= 5, describe(before)  # server, workers, helpers, sandboxes
+    server.kill()
+    left = wait_gone(needles_of(server, aid))
+    assert not left, f"outlived the server by {ORPHAN_DEADLINE_S} s: {describe(left)}"
+
+
+def test_sigkill_of_every_process_at_once_leaves_no_orphan(server_factory: Any) -> None:
+    server, aid, _ = busy_server(server_factory)
+    pids = processes_mentioning(*needles_of(server, aid))
+    for pid in pids:  # what a cgroup kill does: everything at once, in no particular order
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    server.proc.wait()
+    left = wait_gone(needles_of(server, aid))
+    assert not left, describe(left)
+
+
+def test_sigkill_of_a_worker_mid_execution_kills_its_sandbox_and_reruns(server_factory: Any) -> None:
+    server, aid, eids = busy_server(server_factory)
+    workers = [p for p in processes_mentioning(str(server.home).encode())
+               if b"lightabaco.workers.worker" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert workers
+    victim = workers[0]
+    family = [p for p in processes_mentioning(*needles_of(server, aid)) if is_descendant(p, victim)]
+    assert family, "the worker runs no sandbox"
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + ORPHAN_DEADLINE_S
+    while (left := [p for p in family if Path(f"/proc/{p}").exists() and not zombie(p)]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, describe(left)
+    for eid in eids:  # the killed worker's execution runs again; nothing is lost
+        ex = server.wait_execution(aid, eid, timeout=60)
+        assert ex["status"] == "COMPLETE"
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def is_descendant(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+        except OSError:
+            return False
+        if pid == ancestor:
+            return True
+    return False

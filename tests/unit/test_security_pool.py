@@ -1,0 +1,84 @@
+"""Issue 9 unit tests: children tied to their parent (workers/lineage.py), and the helper's watch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# An intermediate process starts a child and exits at once; the child is slow to start (as a worker
+# importing the whole service is), so its parent is gone before it can tie itself to it.
+_INTERMEDIATE = r"""
+import os, subprocess, sys
+from lightabaco.workers import lineage
+env = lineage.child_env(dict(os.environ), "/nonexistent-home")
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+print(child.pid, flush=True)
+os._exit(0)
+"""
+_SLOW_CHILD = r"""
+import time; time.sleep(0.5)
+from lightabaco.workers import lineage
+lineage.tie_to_parent()
+time.sleep(30)
+"""
+_TIED_CHILD = r"""
+from lightabaco.workers import lineage
+lineage.tie_to_parent()
+import time; time.sleep(30)
+"""
+
+
+def run_intermediate(child_code: str) -> int:
+    out = subprocess.run([sys.executable, "-c", _INTERMEDIATE, child_code], cwd=ROOT, check=True,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return int(out.stdout.strip())
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_dead(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def test_a_child_whose_parent_died_before_it_started_exits() -> None:
+    pid = run_intermediate(_SLOW_CHILD)
+    assert wait_dead(pid), "the child outlived a parent that died before it tied itself to it"
+
+
+def test_a_tied_child_dies_with_its_parent() -> None:
+    pid = run_intermediate(_TIED_CHILD)
+    assert wait_dead(pid)
+
+
+def test_an_untied_child_would_outlive_its_parent() -> None:
+    """The control: without the lineage calls the same child lives on (so the tests above can fail)."""
+    pid = run_intermediate("import time; time.sleep(3)")
+    time.sleep(1.0)
+    try:
+        assert alive(pid)
+    finally:
+        if alive(pid):
+            os.kill(pid, 9)
+
+
+def test_the_child_environment_names_the_server() -> None:
+    from lightabaco.workers import lineage
+
+    env = lineage.child_env({"A": "1"}, "/srv/home")
+    assert env["A"] == "1" and env[lineage.MARKER_ENV] == "/srv/home"
+    assert env[lineage.PARENT_ENV] == str(os.getpid())
