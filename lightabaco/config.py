@@ -131,6 +131,11 @@ class Settings:
     webhook_timeout_s: float = 10.0  # a whole delivery attempt (connect, send, answer), then it is retried
     webhook_concurrency: int = 8  # deliveries in flight at once (one at a time per destination)
 
+    # -- issue 9: pool, health, shutdown, disk --
+    # On SIGTERM running executions get this long to finish; what is still running then is stopped and
+    # its message goes back to the queue (it runs again after the next start).
+    drain_grace_s: float = 30.0
+
     # -- loading -------------------------------------------------------------------------------
 
     @classmethod

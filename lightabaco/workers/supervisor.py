@@ -102,6 +102,10 @@ class Supervisor:
         self._last_lease_check = 0.0
         self.bell: Doorbell | None = None
         self.backend_error = ""  # set when no sandbox backend can run here: no worker is started
+        self._drain_deadline: float | None = None  # set by drain(): finish running work, start none
+        self._stop_rung: set[str] = set()
+        self._drained = threading.Event()
+        services.pool_size = self.settings.workers
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -141,21 +145,66 @@ class Supervisor:
         if self.bell is not None:
             self.bell.close()
 
+    def drain(self, grace_s: float) -> bool:
+        """Graceful stop (SIGTERM): start nothing more, let running executions finish for up to
+        `grace_s`, then kill what still runs (its lease returns: the message runs after the next
+        start). Done by the supervisor's own thread, the one the workers' death signal is tied to.
+        Returns True when everything finished within the grace period."""
+        self._drain_deadline = time.monotonic() + max(grace_s, 0.0)
+        if self.bell is not None:
+            self.services.notifier.wake_supervisor()
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        self._drained.wait(grace_s + 30.0)
+        return not self.procs
+
+    def _drain_pass(self) -> bool:
+        """One pass of the drain; True once no worker process is left."""
+        for wid, job in list(self.pulls.items()):
+            if job.proc.poll() is None:
+                job.proc.kill()
+            job.proc.wait()
+            self.pulls.pop(wid)
+            Worker.delete().where(Worker.id == wid).execute()
+        for wid, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is not None:
+                self._reaped(wid, code, restart=False)
+            elif wid not in self._stop_rung:
+                self._stop_rung.add(wid)
+                self.services.notifier.wake_worker(wid, b"stop")
+                proc.terminate()  # SIGTERM: stop after the current execution
+        assert self._drain_deadline is not None
+        if self.procs and time.monotonic() >= self._drain_deadline:
+            log.warning("drain: %d execution(s) still running after the grace period; stopping them, "
+                        "their messages go back to the queue", len(self.procs))
+            for proc in self.procs.values():
+                proc.kill()
+            for wid, proc in list(self.procs.items()):
+                self._reaped(wid, proc.wait(), restart=False)
+        return not self.procs
+
     def no_backend(self, reason: str) -> None:
         """A worker found no usable sandbox backend: stop starting workers (they would only die at
         start, in a loop) and say why on the actors that wait."""
         self.backend_error = (f"No sandbox backend can run executions on this host: {reason} Fix it "
                               "(see `lightabaco doctor`) and restart the server.")
+        self.services.backend_error = self.backend_error
         log.error("%s", self.backend_error)
 
     def _loop(self) -> None:
         assert self.bell is not None
         while not self._stop.is_set():
             try:
-                self.reconcile()
+                if self._drain_deadline is not None:
+                    if self._drain_pass():
+                        self._drained.set()
+                        return
+                else:
+                    self.reconcile()
             except Exception:  # a failed pass must not kill the supervisor
                 log.exception("supervisor pass failed")
-            self.bell.wait(1.0)
+            self.bell.wait(0.1 if self._drain_deadline is not None else 1.0)
 
     # -- one pass --------------------------------------------------------------------------------
 

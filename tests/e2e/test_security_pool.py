@@ -128,3 +128,87 @@ def is_descendant(pid: int, ancestor: int) -> bool:
         if pid == ancestor:
             return True
     return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Actors in ERROR, health, graceful shutdown
+
+
+def put_in_error(server: Any, aid: str, why: str) -> None:
+    """What a failed image pull or a crash loop leaves: the actor's row in ERROR with a reason."""
+    import sqlite3
+
+    con = sqlite3.connect(server.home / "lightabaco.db", timeout=10)
+    with con:
+        con.execute('UPDATE "actor" SET "status" = ?, "status_message" = ? WHERE "id" = ?',
+                    ("ERROR", why, aid))
+    con.close()
+
+
+def test_a_synchronous_message_to_an_actor_in_error_answers_at_once(server_factory: Any) -> None:
+    server = server_factory(sync_timeout_s=20)
+    aid = server.register("abacosamples/test")["id"]
+    put_in_error(server, aid, "Error pulling image example/gone - exception: not found")
+    t0 = time.monotonic()
+    r = server.post(f"/actors/{aid}/messages", params={"_abaco_synchronous": "true"},
+                    data={"message": "hi"})
+    assert time.monotonic() - t0 < 5
+    assert r.status_code == 400, r.text
+    assert "ERROR" in r.json()["message"] and "example/gone" in r.json()["message"]
+    # Asynchronous messages still queue, as in Abaco.
+    r = server.post(f"/actors/{aid}/messages", data={"message": "later"})
+    assert r.status_code == 200, r.text
+    eid = r.json()["result"]["execution_id"]
+    assert server.get(f"/actors/{aid}/executions/{eid}").json()["result"]["status"] == "SUBMITTED"
+
+
+def test_health_needs_no_credentials_and_names_no_user(server_factory: Any) -> None:
+    import requests
+
+    server = server_factory()
+    aid = server.register("abacosamples/test")["id"]
+    server.wait_execution(aid, server.send(aid, "x"))
+    r = requests.get(server.url + "/health", timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ok" and body["checks"]["database"]["ok"] and body["checks"]["sandbox"]["ok"]
+    assert body["pool"]["size"] >= 1 and body["pool"]["busy"] >= 0
+    assert body["queue"] == {"waiting": 0, "running": 0}
+    assert aid not in r.text and "admin" not in r.text and str(server.home) not in r.text
+    # Only /health: the Abaco tree still needs a token.
+    assert requests.get(server.url + "/actors", timeout=10).status_code in (400, 401)
+
+
+def test_sigterm_drains_running_executions_and_refuses_new_messages(server_factory: Any) -> None:
+    import requests
+
+    server = server_factory(workers=2, drain_grace_s=20)
+    aid = server.register("lightabaco/sleep")["id"]
+    eid = server.send(aid, "x", params={"ITERATIONS": "1", "SLEEP": "3"})
+    server.wait_execution(aid, eid, statuses=("RUNNING",))
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    r = server.post(f"/actors/{aid}/messages", data={"message": "too late"})
+    assert r.status_code == 503 and "shutting down" in r.json()["message"], r.text
+    h = requests.get(server.url + "/health", timeout=10)
+    assert h.status_code == 503 and h.json()["draining"] is True
+    assert server.proc.wait(timeout=30) == 0
+    server.start()
+    ex = server.get(f"/actors/{aid}/executions/{eid}").json()["result"]
+    assert ex["status"] == "COMPLETE" and "done" in server.logs(aid, eid), ex  # finished in the grace
+
+
+def test_sigterm_after_the_grace_period_requeues_what_still_runs(server_factory: Any) -> None:
+    server = server_factory(workers=2, drain_grace_s=1)
+    aid = server.register("lightabaco/sleep")["id"]
+    eid = server.send(aid, "x", params={"ITERATIONS": "1", "SLEEP": "8"})
+    server.wait_execution(aid, eid, statuses=("RUNNING",))
+    t0 = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=20) == 0
+    assert time.monotonic() - t0 < 8, "the drain waited for the execution instead of the grace period"
+    left = wait_gone((str(server.home).encode(), f"_abaco_actor_id={aid}".encode()))
+    assert not left, describe(left)
+    server.start()
+    ex = server.wait_execution(aid, eid, timeout=60)  # re-queued, ran again after the restart
+    assert ex["status"] == "COMPLETE" and "done" in server.logs(aid, eid)
