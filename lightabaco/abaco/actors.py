@@ -108,6 +108,7 @@ def display(services: Any, identity: Identity | None, row: Actor) -> dict[str, A
         "cron_schedule": row.cron_schedule, "cron_next_ex": row.cron_next_ex, "mounts": row.mounts,
         "uid": row.uid, "gid": row.gid, "tasdir": row.tasdir, "revision": row.revision,
         "message_env_allow": row.message_env_allow or [],
+        "image_digest": row.image_digest,
         "create_time": display_time(row.create_time),
         "last_update_time": display_time(row.last_update_time),
         "_links": links(services, identity, row),

@@ -642,3 +642,11 @@ class ImageStore:
     def disk_usage(self) -> int:
         """Bytes used by the whole store."""
         return sum(tree_size(self.root / d)[0] for d in ("blobs", "rootfs"))
+
+    def digest_of(self, ref: str) -> str | None:
+        """The image ID the name `ref` points to now (a cheap read of the tag table), or None when
+        the store has no such image. Used to notice a tag that moved (rebuild, re-pull, import)."""
+        try:
+            return self._resolve(ref).config_digest
+        except (ImageNotFound, ImageError):
+            return None

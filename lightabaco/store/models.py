@@ -73,6 +73,9 @@ class Actor(BaseModel):
     # Names (or PREFIX* entries) of variables that message senders may set although they are refused
     # by default (lightabaco/abaco/message_env.py); only the owner (UPDATE) sets it. NULL = none.
     message_env_allow = JSONField(null=True, default=list)
+    # The image ID (config digest) the current revision runs: recorded when its image is prepared, and
+    # compared with the local store's tag to follow a tag that moved (abaco/image_tags.py).
+    image_digest = peewee.CharField(null=True)
 
 
 class Message(BaseModel):

@@ -24,6 +24,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from lightabaco.abaco import image_tags
 from lightabaco.abaco import workers as worker_records
 from lightabaco.abaco.doorbell import Doorbell
 from lightabaco.store import mailbox
@@ -39,6 +40,7 @@ STOP_GRACE_S = 30.0  # a worker asked to stop gets this long to finish its execu
 CRASH_WINDOW_S = 60.0
 CRASH_LIMIT = 5  # worker crashes per actor within the window before the actor goes to ERROR
 LEASE_CHECK_S = 2.0
+TAG_CHECK_S = 5.0  # how often the local store's tags are compared with what actors run
 PULL_GRACE_S = 15.0  # past the pull deadline (which the puller enforces itself), the process is killed
 
 
@@ -100,6 +102,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_lease_check = 0.0
+        self._last_tag_check = 0.0
         self.bell: Doorbell | None = None
         self.backend_error = ""  # set when no sandbox backend can run here: no worker is started
         self._drain_deadline: float | None = None  # set by drain(): finish running work, start none
@@ -221,6 +224,9 @@ class Supervisor:
             if rows:
                 log.warning("returned %d expired lease(s) to the queue", len(rows))
                 recover_leases(rows, self.settings.max_attempts, "Its worker stopped renewing the lease")
+        if now - self._last_tag_check >= TAG_CHECK_S:
+            self._last_tag_check = now
+            image_tags.follow_moved_tags(self.services)
         if self.settings.autoscaling:
             self.autoscale()
         self.ensure_workers_for_waiting()

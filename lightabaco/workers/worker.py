@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lightabaco.config import Settings
-from lightabaco.abaco import signals
+from lightabaco.abaco import image_tags, signals
 from lightabaco.abaco.doorbell import Doorbell
 from lightabaco.abaco.services import Services
 from lightabaco.automation.subscriptions import subscribe as subscribe_automation
@@ -117,6 +117,7 @@ class WorkerProcess:
         except Exception as exc:
             image_error(self.services, actor, self.revision, self.worker_id, exc)
             raise SystemExit(EXIT_IMAGE)
+        image_tags.record_digest(self.actor_dbid, self.revision, image.config_digest)
         self.set_status("CREATING CONTAINER")
         try:
             backend = self.services.backend

@@ -212,3 +212,77 @@ def test_sigterm_after_the_grace_period_requeues_what_still_runs(server_factory:
     server.start()
     ex = server.wait_execution(aid, eid, timeout=60)  # re-queued, ran again after the restart
     assert ex["status"] == "COMPLETE" and "done" in server.logs(aid, eid)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tags that move
+
+
+def test_an_actor_follows_its_tag_when_the_image_is_rebuilt(server_factory: Any, tmp_path: Path) -> None:
+    from lightabaco.images import ImageStore
+    from tests.fixtures.oci import busybox_layout
+
+    server = server_factory()
+    store = ImageStore(server.home / "images")
+    busybox_layout(tmp_path / "v1", script='#!/bin/sh\necho "version one"\n')
+    busybox_layout(tmp_path / "v2", script='#!/bin/sh\necho "version two"\n')
+    store.import_path(tmp_path / "v1", tag="lightabaco/moving")
+    actor = server.register("lightabaco/moving")
+    aid = actor["id"]
+    eid = server.send(aid, "x")
+    server.wait_execution(aid, eid)
+    assert "version one" in server.logs(aid, eid)
+    first = server.get(f"/actors/{aid}").json()["result"]
+    assert first["image_digest"] == store.digest_of("lightabaco/moving")
+    store.import_path(tmp_path / "v2", tag="lightabaco/moving")  # a rebuild under the same tag
+    new_digest = store.digest_of("lightabaco/moving")
+    assert new_digest != first["image_digest"]
+    deadline = time.monotonic() + 30
+    while True:
+        now = server.get(f"/actors/{aid}").json()["result"]
+        if now["revision"] > first["revision"] and now["image_digest"] == new_digest \
+                and now["status"] == "READY":
+            break
+        assert time.monotonic() < deadline, (now, server.log_tail())
+        time.sleep(0.2)
+    eid = server.send(aid, "x")
+    server.wait_execution(aid, eid)
+    assert "version two" in server.logs(aid, eid)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Upgrade in place
+
+OLD_DATABASE = Path(__file__).resolve().parents[1] / "data" / "home-afe78b9.db"
+# Made by release afe78b9 (`--auth none`): one stateful actor "from-afe78b9" whose image was not in the
+# store (so it is in ERROR), with one message still queued.
+
+
+def test_a_database_from_the_previous_release_opens_and_works(server_factory: Any) -> None:
+    import shutil as sh
+
+    from tests.fixtures.server import LiveServer, free_port, import_test_images, make_home
+
+    home = make_home()
+    try:
+        import_test_images(home, Path("/tmp") / "lab-upgrade-layouts")
+        sh.copy(OLD_DATABASE, home / "lightabaco.db")
+        server = LiveServer(home=home, port=free_port(), settings={"auth": "none"}).start()
+        try:
+            actors = server.get("/actors").json()["result"]
+            old = [a for a in actors if a["name"] == "from-afe78b9"]
+            assert len(old) == 1 and "image_digest" in old[0], actors
+            aid = old[0]["id"]
+            queued = server.get(f"/actors/{aid}/executions").json()["result"]["executions"]
+            assert [e["status"] for e in queued] == ["SUBMITTED"]
+            r = server.put(f"/actors/{aid}", json={"image": "abacosamples/test", "stateless": False,
+                                                   "force": True})
+            assert r.status_code == 200, r.text
+            server.wait_actor(aid, "READY")
+            ex = server.wait_execution(aid, queued[0]["id"])  # the old message runs on the new code
+            assert ex["status"] == "COMPLETE"
+            assert server.wait_execution(aid, server.send(aid, "new"))["status"] == "COMPLETE"
+        finally:
+            server.stop()
+    finally:
+        sh.rmtree(home, ignore_errors=True)

@@ -82,3 +82,22 @@ def test_the_child_environment_names_the_server() -> None:
     env = lineage.child_env({"A": "1"}, "/srv/home")
     assert env["A"] == "1" and env[lineage.MARKER_ENV] == "/srv/home"
     assert env[lineage.PARENT_ENV] == str(os.getpid())
+
+
+def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+    """contrib/lightabaco.service passes `systemd-analyze verify` (skipped where systemd is absent)."""
+    import shutil
+
+    import pytest
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    text = (ROOT / "contrib" / "lightabaco.service").read_text()
+    assert "%h/.local/bin/lightabaco serve" in text
+    # The unit names the usual install path; point it at an executable that exists here.
+    unit = tmp_path / "lightabaco.service"
+    unit.write_text(text.replace("%h/.local/bin/lightabaco", sys.executable))
+    out = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    problems = [line for line in (out.stdout + out.stderr).splitlines() if "lightabaco.service" in line]
+    assert out.returncode == 0 and not problems, out.stdout + out.stderr
