@@ -100,6 +100,24 @@ def _store(args: argparse.Namespace) -> Any:
     return ImageStore(args.home / "images")
 
 
+def _images_in_use(home: Path) -> set[str]:
+    """The images of every actor in this home's database (they are never pruned)."""
+    from lightabaco.config import Settings
+    from lightabaco.store.db import connect
+    from lightabaco.store.models import Actor
+
+    settings = Settings.from_env(home=home)
+    if not settings.database_url and not (home / "lightabaco.db").exists():
+        return set()
+    connect(settings)  # upgrades an older database's schema, as the server does at start
+    used = set()
+    for row in Actor.select(Actor.image, Actor.image_digest):
+        used.add(row.image)
+        if row.image_digest:
+            used.add(row.image_digest)
+    return used
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     store = _store(args)
     progress = progress_for(args)
@@ -135,6 +153,12 @@ def cmd_images(args: argparse.Namespace) -> int:
         elif args.images_cmd == "rm":
             removed = store.remove(args.ref)
             emit(args, {"removed": args.ref, "id": removed}, lambda: print(f"removed {args.ref}", file=args.out))
+        elif args.images_cmd == "prune":
+            data = store.prune(_images_in_use(args.home), dry_run=args.dry_run)
+            emit(args, data, lambda: print(
+                f"{'would remove' if args.dry_run else 'removed'} {len(data['removed'])} image name(s)"
+                + "".join(f"\n  {r}" for r in data["removed"])
+                + f"\nfreed {_mb(data['freed_bytes'])} MB", file=args.out))
         elif args.images_cmd == "samples":
             from .samples import ensure_samples
 

@@ -101,3 +101,31 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     out = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [line for line in (out.stdout + out.stderr).splitlines() if "lightabaco.service" in line]
     assert out.returncode == 0 and not problems, out.stdout + out.stderr
+
+
+def test_images_prune_keeps_what_actors_use_and_frees_the_rest(tmp_path: Path) -> None:
+    from lightabaco.cli.commands import main as cli_main
+    from lightabaco.config import Settings
+    from lightabaco.images import ImageStore
+    from lightabaco.store import db
+    from lightabaco.store.models import Actor
+    from tests.fixtures.oci import busybox_layout
+
+    home = tmp_path / "home"
+    store = ImageStore(home / "images")
+    busybox_layout(tmp_path / "a", script="#!/bin/sh\necho a\n")
+    busybox_layout(tmp_path / "b", script="#!/bin/sh\necho b\n")
+    store.import_path(tmp_path / "a", tag="keep/me")
+    store.import_path(tmp_path / "b", tag="drop/me")
+    db.connect(Settings.from_env(home=home))
+    now = time.time()
+    Actor.create(dbid="DEV_x", id="x", tenant="DEV", image="keep/me", owner="o", create_time=now,
+                 last_update_time=now)
+    db.close()
+    before = store.disk_usage()
+    assert cli_main(["images", "prune", "--dry-run", "--home", str(home)]) == 0
+    assert store.digest_of("drop/me") is not None and store.disk_usage() == before
+    assert cli_main(["images", "prune", "--home", str(home)]) == 0
+    assert store.digest_of("drop/me") is None
+    assert store.digest_of("keep/me") is not None and store.get("keep/me").rootfs.is_dir()
+    assert store.disk_usage() < before
