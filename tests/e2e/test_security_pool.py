@@ -258,14 +258,14 @@ OLD_DATABASE = Path(__file__).resolve().parents[1] / "data" / "home-afe78b9.db"
 # store (so it is in ERROR), with one message still queued.
 
 
-def test_a_database_from_the_previous_release_opens_and_works(server_factory: Any) -> None:
+def test_a_database_from_the_previous_release_opens_and_works(test_image_layouts: Path) -> None:
     import shutil as sh
 
     from tests.fixtures.server import LiveServer, free_port, import_test_images, make_home
 
     home = make_home()
     try:
-        import_test_images(home, Path("/tmp") / "lab-upgrade-layouts")
+        import_test_images(home, test_image_layouts)
         sh.copy(OLD_DATABASE, home / "lightabaco.db")
         server = LiveServer(home=home, port=free_port(), settings={"auth": "none"}).start()
         try:
