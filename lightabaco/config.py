@@ -150,6 +150,10 @@ class Settings:
     # Where the API door of `api`/`outbound` sandboxes leads: `host:port`, `[v6]:port` or the path
     # of a Unix socket; empty: this server's --host/--port (0.0.0.0 and :: become loopback).
     network_api_upstream: str = ""
+    # -- issue 9: pool, health, shutdown, disk --
+    # On SIGTERM running executions get this long to finish; what is still running then is stopped and
+    # its message goes back to the queue (it runs again after the next start).
+    drain_grace_s: float = 30.0
 
     # -- loading -------------------------------------------------------------------------------
 

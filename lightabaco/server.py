@@ -170,6 +170,32 @@ def _uvicorn_server(settings: Settings, services: Services) -> Any:
     return uvicorn.Server(config)
 
 
+def drain_on_signal(server: Any, services: Services, supervisor: Any, grace_s: float) -> None:
+    """SIGTERM/SIGINT: refuse new messages (503), let running executions finish (up to `grace_s`,
+    the rest goes back to the queue), then stop uvicorn. A second signal stops at once."""
+    exit_now = server.handle_exit
+
+    def drain_then_exit() -> None:
+        try:
+            if supervisor is not None:
+                finished = supervisor.drain(grace_s)
+                log.info("drain finished (%s)", "all executions done" if finished else
+                         "unfinished executions re-queued")
+        finally:
+            server.should_exit = True
+
+    def on_signal(sig: int, frame: Any) -> None:
+        if services.draining:
+            exit_now(sig, frame)
+            server.should_exit = True
+            return
+        services.draining = True
+        log.info("signal %d: draining (new messages get 503; grace %.0f s)", sig, grace_s)
+        threading.Thread(target=drain_then_exit, name="drain", daemon=True).start()
+
+    server.handle_exit = on_signal
+
+
 def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
     """Run until SIGINT/SIGTERM. With api=False only the supervisor and ticker run (and vice versa)."""
     logging.basicConfig(level=settings.log_level.upper(),
@@ -191,6 +217,7 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
     try:
         if api:
             server = _uvicorn_server(settings, services)
+            drain_on_signal(server, services, supervisor, settings.drain_grace_s)
             log.info("lightabaco listening on http://%s:%d (home %s)", settings.host, settings.port,
                      settings.home)
             from lightabaco.endpoint import published
@@ -202,6 +229,9 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
             stop.wait()
+            if supervisor is not None:
+                services.draining = True
+                supervisor.drain(settings.drain_grace_s)
     finally:
         if ticker is not None:
             ticker.stop()

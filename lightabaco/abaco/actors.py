@@ -113,6 +113,7 @@ def display(services: Any, identity: Identity | None, row: Actor) -> dict[str, A
         "uid": row.uid, "gid": row.gid, "tasdir": row.tasdir, "revision": row.revision,
         "message_env_allow": row.message_env_allow or [],
         "network": network_mod.effective(services.settings, row),
+        "image_digest": row.image_digest,
         "create_time": display_time(row.create_time),
         "last_update_time": display_time(row.last_update_time),
         "_links": links(services, identity, row),

@@ -8,7 +8,7 @@ from typing import Any
 
 from lightabaco import ids
 from lightabaco.abaco import actors as actors_mod
-from lightabaco.abaco import message_env, workers
+from lightabaco.abaco import health, message_env, workers
 from lightabaco.protocol.errors import AbacoError, ValidationError
 from lightabaco.sharing.identity import Identity
 from lightabaco.store import fast, mailbox
@@ -48,6 +48,7 @@ def send_message(services: Any, identity: Identity, identifier: str, payload: An
                  query: dict[str, str], synchronous: bool = False, executor: str | None = None,
                  extra_env: dict[str, str] | None = None) -> Sent:
     """Commit the execution and the message, then wake a worker. Returns the POST result object."""
+    health.refuse_if_draining(services)
     actor = actors_mod.load(services, identity, identifier, "EXECUTE")
     return enqueue_for_actor(services, identity, actor, payload, content_type, query, synchronous,
                              executor, extra_env)
@@ -57,6 +58,13 @@ def enqueue_for_actor(services: Any, identity: Identity | None, actor: Any, payl
                       content_type: str, query: dict[str, str], synchronous: bool = False,
                       executor: str | None = None, extra_env: dict[str, str] | None = None) -> Sent:
     """Enqueue without a permission check (used by the API after its check, by cron and by events)."""
+    if synchronous and actor.status == "ERROR":
+        # No worker will take it until the actor is fixed: waiting out the sync deadline would only
+        # turn the actor's own explanation into a 504. Asynchronous messages still queue, as in Abaco.
+        why = (actor.status_message or "").strip() or "no reason was recorded"
+        raise ValidationError(f"Actor {actor.id} is in ERROR ({why}), so a synchronous message cannot run. "
+                              "Fix the cause and PUT the actor (force=true re-reads its image), then "
+                              "send again; an asynchronous message would wait in the queue until then.")
     if synchronous and mailbox.count(actor.dbid) > services.settings.sync_max_queued:
         raise ValidationError("Cannot issue synchronous execution when actor message queue > 0.")
     now = services.now()

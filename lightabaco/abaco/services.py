@@ -44,6 +44,10 @@ class Services:
         self.notifier: Notifier = notifier or NullNotifier()
         self._images = images
         self._backend = backend
+        # Process-wide state the health check reports (set by the server and the supervisor).
+        self.draining = False  # SIGTERM received: no new messages are accepted
+        self.backend_error = ""  # why no sandbox backend can run here ("" = none known)
+        self.pool_size = 0  # worker processes this process's supervisor may run (0: no supervisor here)
 
     @property
     def tenant(self) -> str:

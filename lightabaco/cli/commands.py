@@ -146,12 +146,25 @@ def cmd_send(args: argparse.Namespace) -> int:
         return EXIT_OK
     result = client.send_message(args.actor, message, binary=binary, env=env)
     execution_id = get(result, "execution_id")
+    _warn_if_in_error(client, args.actor)
     if args.wait:
         execution = _wait(client, args.actor, execution_id, args.wait_timeout)
         result = {**result, "status": execution.get("status"), "exit_code": get(execution, "exit_code")}
     emit(args, result, lambda: print(execution_id if not args.wait else f"{execution_id} {result['status']}",
                                       file=args.out))
     return EXIT_OK
+
+
+def _warn_if_in_error(client: Client, actor_id: str) -> None:
+    """The message is queued either way (as in Abaco), but it runs only once the actor is fixed."""
+    try:
+        actor = client.get_actor(actor_id)
+    except ClientError:
+        return
+    if actor.get("status") == "ERROR":
+        print(f"warning: actor {actor_id} is in ERROR ({str(actor.get('status_message') or actor.get('statusMessage') or '').strip()}); "
+              "the message waits in its queue until the actor is fixed (PUT it, with force=true to re-read "
+              "its image)", file=sys.stderr)
 
 
 def _wait(client: Client, actor: str, execution_id: str, timeout: float) -> dict[str, Any]:
@@ -356,9 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = isub.add_parser("rm", help="remove an image name (the image goes when no name is left)")
     _common(p, top=False)
     p.add_argument("ref", help="image name or id")
-    p = isub.add_parser("prune", help="remove images no name uses (replaced by a rebuild, or whose names were "
-                        "removed) and the build step cache")
+    p = isub.add_parser("prune", help="remove images no actor uses (names included), unreferenced layers and "
+                        "the build step cache")
     _common(p, top=False)
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     p = isub.add_parser("samples", help="build the sample images (abacosamples/test, wc, ...)")
     _common(p, top=False)
     p.add_argument("--no-python", action="store_true", help="only the busybox samples (no Debian mirror needed)")

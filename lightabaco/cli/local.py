@@ -92,6 +92,24 @@ def _store(args: argparse.Namespace) -> Any:
     return open_image_store(Settings.from_env(home=args.home))
 
 
+def _images_in_use(home: Path) -> set[str]:
+    """The images of every actor in this home's database (they are never pruned)."""
+    from lightabaco.config import Settings
+    from lightabaco.store.db import connect
+    from lightabaco.store.models import Actor
+
+    settings = Settings.from_env(home=home)
+    if not settings.database_url and not (home / "lightabaco.db").exists():
+        return set()
+    connect(settings)  # upgrades an older database's schema, as the server does at start
+    used = set()
+    for row in Actor.select(Actor.image, Actor.image_digest):
+        used.add(row.image)
+        if row.image_digest:
+            used.add(row.image_digest)
+    return used
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     store = _store(args)
     progress = progress_for(args)
@@ -111,14 +129,6 @@ def cmd_images(args: argparse.Namespace) -> int:
                          else ""), file=args.out)
 
             emit(args, rows, human)
-        elif args.images_cmd == "prune":
-            from lightabaco.build.cache import StepCache
-
-            freed = store.gc()
-            steps = StepCache(args.home / "build-cache").prune()
-            data = {"images_bytes": freed, "step_cache_bytes": steps}
-            emit(args, data, lambda: print(f"freed {_mb(freed)} of images no name uses and {_mb(steps)} of "
-                                           "cached build steps", file=args.out))
         elif args.images_cmd == "import":
             images = store.import_path(Path(args.path), tag=args.tag, progress=progress)
             data = [{"reference": i.reference, "id": i.config_digest} for i in images]
@@ -149,6 +159,16 @@ def cmd_images(args: argparse.Namespace) -> int:
         elif args.images_cmd == "rm":
             removed = store.remove(args.ref)
             emit(args, {"removed": args.ref, "id": removed}, lambda: print(f"removed {args.ref}", file=args.out))
+        elif args.images_cmd == "prune":
+            from lightabaco.build.cache import StepCache
+
+            data = store.prune(_images_in_use(args.home), dry_run=args.dry_run)
+            data["step_cache_bytes"] = 0 if args.dry_run else StepCache(args.home / "build-cache").prune()
+            emit(args, data, lambda: print(
+                f"{'would remove' if args.dry_run else 'removed'} {len(data['removed'])} image name(s)"
+                + "".join(f"\n  {r}" for r in data["removed"])
+                + f"\nfreed {_mb(data['freed_bytes'])} of images and {_mb(data['step_cache_bytes'])} of cached "
+                "build steps", file=args.out))
         elif args.images_cmd == "samples":
             from .samples import ensure_samples
 

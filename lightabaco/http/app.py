@@ -24,6 +24,7 @@ from lightabaco.http import envelope
 from lightabaco.http import (routes_actors, routes_admin, routes_executions, routes_messages,
                              routes_search, routes_sharing, routes_workers)
 from lightabaco.http.auth import AuthMiddleware
+from lightabaco.http.routes_health import HealthEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def create_app(services: Any, waiter: ExecutionWaiter | None = None) -> Starlett
 
     middleware = [Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
                              allow_headers=["*"]),
-                  Middleware(PathNormalizer), Middleware(AuthMiddleware, services=services)]
+                  Middleware(PathNormalizer), Middleware(HealthEndpoint, services=services),
+                  Middleware(AuthMiddleware, services=services)]
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={AbacoError: abaco_error, HTTPException: http_error,

@@ -707,6 +707,28 @@ class ImageStore:
         """Bytes used by the whole store."""
         return sum(tree_size(self.root / d)[0] for d in ("blobs", "rootfs"))
 
+    def digest_of(self, ref: str) -> str | None:
+        """The image ID the name `ref` points to now (a cheap read of the tag table), or None when
+        the store has no such image. Used to notice a tag that moved (rebuild, re-pull, import)."""
+        try:
+            return self._resolve(ref).config_digest
+        except (ImageNotFound, ImageError):
+            return None
+
+    def prune(self, keep: "set[str] | list[str]", dry_run: bool = False) -> dict[str, Any]:
+        """Remove every image name whose image none of `keep` (references or image IDs, e.g. the
+        images of all actors) points to, then every blob, unpacked tree and partial download no name
+        needs. Returns {"removed": [names], "freed_bytes": n} (with dry_run: what would go, freed 0)."""
+        wanted = {d for d in (self.digest_of(r) for r in keep) if d}
+        with self._lock("store"):
+            with self._edit_refs() as refs:
+                gone = sorted(k for k, e in refs.items() if e["config"] not in wanted)
+                if not dry_run:
+                    for k in gone:
+                        del refs[k]
+            freed = 0 if dry_run else self._gc_locked()
+        self._config_cache.clear()
+        return {"removed": gone, "freed_bytes": freed}
 
 def open_image_store(settings: Any, **kwargs: Any) -> ImageStore:
     """The image store under an instance's home, with the per-image limits and the per-home quota of its

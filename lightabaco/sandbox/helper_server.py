@@ -31,6 +31,7 @@ _NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
 _SHM_INFO = 14
 _MAX_MSG = 65536
 _libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
 
 
 class _ShmInfo(ctypes.Structure):
@@ -59,8 +60,33 @@ def sysv_bytes() -> int:
     return (info.shm_rss + info.shm_swp) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _watch_ipc(pid: int, sysctls: bytes, sock: socket.socket) -> None:
+def die_with_parent(parent: int) -> None:
+    """SIGKILL us when `parent` dies; exit now if it already has (we were re-parented). Set after
+    every change of identity: the kernel clears the death signal when the uid changes. Used for the
+    per-execution children, forked by the helper's only thread."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent > 0 and os.getppid() != parent:
+        os._exit(1)
+
+
+def watch_parent(parent: int, period_s: float = 0.5) -> None:
+    """Exit once `parent` (the worker that started us) is gone. Not PR_SET_PDEATHSIG: that fires when
+    the *thread* that forked us ends, and the helper must live as long as the whole process. The
+    closed socket also ends the helper, but only when nothing else holds the other end."""
+    if parent <= 0:
+        return
+
+    def loop() -> None:
+        while os.getppid() == parent:
+            time.sleep(period_s)
+        os._exit(1)
+
+    threading.Thread(target=loop, name="parent-watch", daemon=True).start()
+
+
+def _watch_ipc(pid: int, sysctls: bytes, sock: socket.socket, helper: int) -> None:
     """In a forked child: join `pid`'s IPC namespace, set its limits, then answer usage queries."""
+    die_with_parent(helper)
     try:
         ipc = os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
         owner = fcntl.ioctl(ipc, _NS_GET_USERNS)
@@ -163,12 +189,13 @@ def _serve(ctl: socket.socket) -> None:
             except OSError as exc:
                 err = exc.errno or 1
         elif kind == _WATCH_IPC and fds:
+            helper = os.getpid()
             child = os.fork()
             if child == 0:
                 status = 0
                 try:
                     ctl.close()
-                    _watch_ipc(pid, body, socket.socket(fileno=fds[0]))
+                    _watch_ipc(pid, body, socket.socket(fileno=fds[0]), helper)
                 except BaseException:  # noqa: BLE001 - never return into the helper's loop
                     status = 1
                 finally:
@@ -192,14 +219,17 @@ def _serve(ctl: socket.socket) -> None:
 
 
 def main() -> None:
-    """argv: socket fd, then uid and gid to run as (-1: keep ours)."""
+    """argv: socket fd, then uid and gid to run as (-1: keep ours), then the parent's pid (the helper
+    dies with it; it also exits when the socket closes, but a blocked parent would not close it)."""
     import sys
 
     fd, uid, gid = (int(x) for x in sys.argv[1:4])
+    parent = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     if uid >= 0:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
+    watch_parent(parent)
     _serve(socket.socket(fileno=fd))
 
 

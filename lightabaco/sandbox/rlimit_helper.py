@@ -75,7 +75,7 @@ class RlimitHelper:
         ids = [str(user.uid), str(user.gid)] if user is not None else ["-1", "-1"]
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", source, str(theirs.fileno()), *ids],
+                [sys.executable, "-I", "-S", "-c", source, str(theirs.fileno()), *ids, str(os.getpid())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True, cwd="/")
         finally:
             theirs.close()

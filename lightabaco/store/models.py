@@ -76,6 +76,9 @@ class Actor(BaseModel):
     # none | api | outbound | host (lightabaco/abaco/network.py). NULL: registered before network
     # modes existed; runs with the instance's `network` setting, as it did then.
     network = peewee.CharField(null=True)
+    # The image ID (config digest) the current revision runs: recorded when its image is prepared, and
+    # compared with the local store's tag to follow a tag that moved (abaco/image_tags.py).
+    image_digest = peewee.CharField(null=True)
 
 
 class Message(BaseModel):

@@ -13,6 +13,11 @@ pull failed and the actor is in ERROR with the reason.
 
 from __future__ import annotations
 
+from lightabaco.workers import lineage
+
+if __name__ == "__main__":  # first, before the slow imports: see lineage.py
+    lineage.tie_to_parent()
+
 import argparse
 import logging
 import signal

@@ -49,7 +49,8 @@ def claim_next(worker_id: str, actor_dbid: str, revision: int, lease_s: float,
     now = time.time()
     with write_tx():
         actor = fast.get_one(Actor, "dbid", actor_dbid)
-        if actor is None or actor.revision != revision or actor.status == "SHUTTING_DOWN":
+        # An actor in ERROR runs nothing until it is fixed (a PUT): its messages wait, as in Abaco.
+        if actor is None or actor.revision != revision or actor.status in ("SHUTTING_DOWN", "ERROR"):
             return None
         claimed = mailbox.claim(actor_dbid, worker_id, lease_s, now)
         if claimed is None:

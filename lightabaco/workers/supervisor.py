@@ -24,11 +24,13 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from lightabaco.abaco import image_tags
 from lightabaco.abaco import workers as worker_records
 from lightabaco.abaco.doorbell import Doorbell
 from lightabaco.store import mailbox
 from lightabaco.store.db import write_tx
 from lightabaco.store.models import Actor, Execution, Message, Worker
+from lightabaco.workers import lineage
 from lightabaco.workers.notify import SUPERVISOR
 from lightabaco.workers.worker import EXIT_BACKEND, EXIT_IMAGE, EXIT_NEED_PULL
 
@@ -38,6 +40,7 @@ STOP_GRACE_S = 30.0  # a worker asked to stop gets this long to finish its execu
 CRASH_WINDOW_S = 60.0
 CRASH_LIMIT = 5  # worker crashes per actor within the window before the actor goes to ERROR
 LEASE_CHECK_S = 2.0
+TAG_CHECK_S = 5.0  # how often the local store's tags are compared with what actors run
 PULL_GRACE_S = 15.0  # past the pull deadline (which the puller enforces itself), the process is killed
 
 
@@ -99,8 +102,13 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_lease_check = 0.0
+        self._last_tag_check = 0.0
         self.bell: Doorbell | None = None
         self.backend_error = ""  # set when no sandbox backend can run here: no worker is started
+        self._drain_deadline: float | None = None  # set by drain(): finish running work, start none
+        self._stop_rung: set[str] = set()
+        self._drained = threading.Event()
+        services.pool_size = self.settings.workers
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -140,21 +148,66 @@ class Supervisor:
         if self.bell is not None:
             self.bell.close()
 
+    def drain(self, grace_s: float) -> bool:
+        """Graceful stop (SIGTERM): start nothing more, let running executions finish for up to
+        `grace_s`, then kill what still runs (its lease returns: the message runs after the next
+        start). Done by the supervisor's own thread, the one the workers' death signal is tied to.
+        Returns True when everything finished within the grace period."""
+        self._drain_deadline = time.monotonic() + max(grace_s, 0.0)
+        if self.bell is not None:
+            self.services.notifier.wake_supervisor()
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        self._drained.wait(grace_s + 30.0)
+        return not self.procs
+
+    def _drain_pass(self) -> bool:
+        """One pass of the drain; True once no worker process is left."""
+        for wid, job in list(self.pulls.items()):
+            if job.proc.poll() is None:
+                job.proc.kill()
+            job.proc.wait()
+            self.pulls.pop(wid)
+            Worker.delete().where(Worker.id == wid).execute()
+        for wid, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is not None:
+                self._reaped(wid, code, restart=False)
+            elif wid not in self._stop_rung:
+                self._stop_rung.add(wid)
+                self.services.notifier.wake_worker(wid, b"stop")
+                proc.terminate()  # SIGTERM: stop after the current execution
+        assert self._drain_deadline is not None
+        if self.procs and time.monotonic() >= self._drain_deadline:
+            log.warning("drain: %d execution(s) still running after the grace period; stopping them, "
+                        "their messages go back to the queue", len(self.procs))
+            for proc in self.procs.values():
+                proc.kill()
+            for wid, proc in list(self.procs.items()):
+                self._reaped(wid, proc.wait(), restart=False)
+        return not self.procs
+
     def no_backend(self, reason: str) -> None:
         """A worker found no usable sandbox backend: stop starting workers (they would only die at
         start, in a loop) and say why on the actors that wait."""
         self.backend_error = (f"No sandbox backend can run executions on this host: {reason} Fix it "
                               "(see `lightabaco doctor`) and restart the server.")
+        self.services.backend_error = self.backend_error
         log.error("%s", self.backend_error)
 
     def _loop(self) -> None:
         assert self.bell is not None
         while not self._stop.is_set():
             try:
-                self.reconcile()
+                if self._drain_deadline is not None:
+                    if self._drain_pass():
+                        self._drained.set()
+                        return
+                else:
+                    self.reconcile()
             except Exception:  # a failed pass must not kill the supervisor
                 log.exception("supervisor pass failed")
-            self.bell.wait(1.0)
+            self.bell.wait(0.1 if self._drain_deadline is not None else 1.0)
 
     # -- one pass --------------------------------------------------------------------------------
 
@@ -171,6 +224,9 @@ class Supervisor:
             if rows:
                 log.warning("returned %d expired lease(s) to the queue", len(rows))
                 recover_leases(rows, self.settings.max_attempts, "Its worker stopped renewing the lease")
+        if now - self._last_tag_check >= TAG_CHECK_S:
+            self._last_tag_check = now
+            image_tags.follow_moved_tags(self.services)
         if self.settings.autoscaling:
             self.autoscale()
         self.ensure_workers_for_waiting()
@@ -239,8 +295,7 @@ class Supervisor:
             return
         argv = [sys.executable, "-m", "lightabaco.workers.puller", "--home", str(self.settings.home),
                 "--worker-id", row.id, "--actor", row.actor_dbid, "--revision", str(row.revision)]
-        env = dict(os.environ)
-        env.update(self.settings.to_env())
+        env = lineage.child_env({**os.environ, **self.settings.to_env()}, str(self.settings.home))
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
         self.pulls[row.id] = PullJob(proc, row.actor_dbid, owner, actor.image, time.monotonic())
         Worker.update(pid=proc.pid, cid=str(proc.pid)).where(Worker.dbid == row.dbid).execute()
@@ -290,8 +345,7 @@ class Supervisor:
             return
         argv = [sys.executable, "-m", "lightabaco.workers.worker", "--home", str(self.settings.home),
                 "--worker-id", row.id, "--actor", row.actor_dbid, "--revision", str(row.revision)]
-        env = dict(os.environ)
-        env.update(self.settings.to_env())
+        env = lineage.child_env({**os.environ, **self.settings.to_env()}, str(self.settings.home))
         n = Worker.update(status="SPAWNER SETUP").where(
             (Worker.dbid == row.dbid) & (Worker.status == "REQUESTED")).execute()
         if n == 0:

@@ -3,15 +3,20 @@ actor's messages one at a time until it is told to stop (spec §4.5, §5.2).
 
     python -m lightabaco.workers.worker --home DIR --worker-id W --actor TENANT_ID --revision N
 
-Settings come from the LIGHTABACO_* environment the supervisor passes. The process dies with its
-supervisor (PR_SET_PDEATHSIG), so a killed server never leaves workers behind; its leased message then
+Settings come from the LIGHTABACO_* environment the supervisor passes. The process ties itself to
+its supervisor before anything else (workers/lineage.py: PR_SET_PDEATHSIG, then a parent check, and
+the check again every loop), so a killed server never leaves workers behind; its leased message then
 returns to the queue at the next start.
 """
 
 from __future__ import annotations
 
+from lightabaco.workers import lineage
+
+if __name__ == "__main__":  # first, before the slow imports: see lineage.py
+    lineage.tie_to_parent()
+
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lightabaco.config import Settings
-from lightabaco.abaco import signals
+from lightabaco.abaco import image_tags, signals
 from lightabaco.abaco.doorbell import Doorbell
 from lightabaco.abaco.services import Services
 from lightabaco.automation.subscriptions import subscribe as subscribe_automation
@@ -45,12 +50,8 @@ STOP_CHECK_S = 0.5
 
 
 def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL us when the supervisor dies (Linux prctl PR_SET_PDEATHSIG)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
+    """Die with the supervisor; exit at once if it is already gone (see lineage.py)."""
+    lineage.tie_to_parent()
 
 
 def actor_error(services: Services, actor: Actor, revision: int, worker_id: str, message: str) -> None:
@@ -116,6 +117,7 @@ class WorkerProcess:
         except Exception as exc:
             image_error(self.services, actor, self.revision, self.worker_id, exc)
             raise SystemExit(EXIT_IMAGE)
+        image_tags.record_digest(self.actor_dbid, self.revision, image.config_digest)
         self.set_status("CREATING CONTAINER")
         try:
             backend = self.services.backend
@@ -160,6 +162,9 @@ class WorkerProcess:
             busy = False
             last_beat = last_check = time.monotonic()
             while not self.stopping:
+                if not lineage.parent_alive():  # the supervisor is gone: never run on as an orphan
+                    log.error("the supervisor is gone; exiting")
+                    return EXIT_OK
                 rings = bell.drain()
                 if b"stop" in rings or runner.stop_requested:
                     break

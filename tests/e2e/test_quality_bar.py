@@ -370,6 +370,19 @@ def processes_mentioning(*needles: bytes) -> list[int]:
     return found
 
 
+def describe_processes(pids: list[int]) -> list[str]:
+    """pid, parent pid and the start of the command line of each pid, for an assertion message."""
+    out = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()[:100].replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        out.append(f"{pid} (ppid {stat[1]}, {stat[0]}): {cmd}")
+    return out
+
+
 def epoch(iso: str) -> float:
     """An execution time as the API shows it ("2026-11-28T05:18:26.421Z") → epoch seconds."""
     from datetime import datetime
@@ -419,7 +432,7 @@ def test_server_killed_at_any_moment_loses_no_accepted_message(server_factory: A
     deadline = time.monotonic() + 10
     while (left := processes_mentioning(*needles)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not left, f"processes of the killed server still run: {left}"
+    assert not left, f"processes of the killed server still run: {describe_processes(left)}"
     promised = burst.accepted
     assert promised, "nothing was accepted before the kill"
     if kill_point.endswith("after_burst"):
