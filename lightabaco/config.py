@@ -131,6 +131,13 @@ class Settings:
     webhook_timeout_s: float = 10.0  # a whole delivery attempt (connect, send, answer), then it is retried
     webhook_concurrency: int = 8  # deliveries in flight at once (one at a time per destination)
 
+    # -- web (issue 13): dashboard, metrics, API description --
+    # Who may read /metrics: `loopback` (clients on this machine; others need the owner token), `token`
+    # (the owner token always; use it behind a reverse proxy on the same machine), or `open`.
+    metrics_access: str = "loopback"
+    log_stream_poll_s: float = 0.5  # how often an open live-log stream re-reads the log (one reader per stream)
+    log_stream_max_s: float = 3600.0  # a live-log stream closes after this; the dashboard then reopens it
+
     # -- loading -------------------------------------------------------------------------------
 
     @classmethod

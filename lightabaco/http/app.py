@@ -24,6 +24,8 @@ from lightabaco.http import envelope
 from lightabaco.http import (routes_actors, routes_admin, routes_executions, routes_messages,
                              routes_search, routes_sharing, routes_workers)
 from lightabaco.http.auth import AuthMiddleware
+from lightabaco.web import logstream
+from lightabaco.web.middleware import WebMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +116,12 @@ def create_app(services: Any, waiter: ExecutionWaiter | None = None) -> Starlett
     # /actors/{actor_id} (spec §1.1): the sharing routes are listed first.
     routes: list = routes_admin.routes + routes_search.routes + routes_sharing.routes
     routes += routes_actors.routes + routes_messages.routes + routes_executions.routes
-    routes += routes_workers.routes
+    routes += routes_workers.routes + logstream.routes
 
     middleware = [Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
                              allow_headers=["*"]),
-                  Middleware(PathNormalizer), Middleware(AuthMiddleware, services=services)]
+                  Middleware(PathNormalizer), Middleware(WebMiddleware, services=services, routes=routes),
+                  Middleware(AuthMiddleware, services=services)]  # /ui, /docs, /metrics: before auth
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={AbacoError: abaco_error, HTTPException: http_error,
