@@ -193,6 +193,7 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
             server = _uvicorn_server(settings, services)
             log.info("lightabaco listening on http://%s:%d (home %s)", settings.host, settings.port,
                      settings.home)
+            log.info("dashboard /ui/, API description /docs and /openapi.json, Prometheus /metrics")
             server.run()  # uvicorn handles SIGINT/SIGTERM and returns
         else:
             stop = threading.Event()

@@ -127,7 +127,7 @@ function actorForm(actor) {
         el("input", { id: p + "stateless", type: "checkbox", name: "stateless", checked: actor ? !!field(actor, "stateless") : true }),
         "Stateless (a pool of workers; untick for one worker, ordered messages and a state document)")),
       el("div", {}, el("label", { for: p + "cron", text: "Cron schedule (optional)" }),
-        el("input", { id: p + "cron", name: "cron_schedule", value: actor ? field(actor, "cron_schedule") || "" : "", placeholder: "now + 1 hour" }))),
+        el("input", { id: p + "cron", name: "cron_schedule", value: actor ? field(actor, "cron_schedule") || "" : "", placeholder: "2030-01-01 12 + 1 hour" }))),
     el("label", { for: p + "env", text: "Default environment (JSON object, optional)" }),
     el("textarea", { id: p + "env", name: "default_environment", rows: 3 }, env && Object.keys(env).length ? JSON.stringify(env, null, 2) : ""),
     el("div", { class: "actions" }, el("button", { type: "submit", class: "primary", text: id ? "Update actor" : "Register actor" })));
