@@ -154,6 +154,12 @@ class Settings:
     # On SIGTERM running executions get this long to finish; what is still running then is stopped and
     # its message goes back to the queue (it runs again after the next start).
     drain_grace_s: float = 30.0
+    # -- web (issue 13): dashboard, metrics, API description --
+    # Who may read /metrics: `loopback` (clients on this machine; others need the owner token), `token`
+    # (the owner token always; use it behind a reverse proxy on the same machine), or `open`.
+    metrics_access: str = "loopback"
+    log_stream_poll_s: float = 0.5  # how often an open live-log stream re-reads the log (one reader per stream)
+    log_stream_max_s: float = 3600.0  # a live-log stream closes after this; the dashboard then reopens it
 
     # -- loading -------------------------------------------------------------------------------
 

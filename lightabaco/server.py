@@ -222,6 +222,7 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
                      settings.home)
             from lightabaco.endpoint import published
 
+            log.info("dashboard /ui/, API description /docs and /openapi.json, Prometheus /metrics, /health")
             with published(settings.home, settings.host, settings.port):  # lets the CLI find this port
                 server.run()  # uvicorn handles SIGINT/SIGTERM and returns
         else:

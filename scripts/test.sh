@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The podman backend and the podman-built image tests run when podman is there (they skip otherwise).
-EXTRA_APT_PACKAGES="podman runc uidmap passt slirp4netns"
+EXTRA_APT_PACKAGES="podman runc uidmap passt slirp4netns chromium"
 source scripts/setup-env.sh
 exec "$VENV/bin/python" -m pytest "$@"

@@ -25,6 +25,8 @@ from lightabaco.http import (routes_actors, routes_admin, routes_executions, rou
                              routes_search, routes_sharing, routes_workers)
 from lightabaco.http.auth import AuthMiddleware
 from lightabaco.http.routes_health import HealthEndpoint
+from lightabaco.web import logstream
+from lightabaco.web.middleware import WebMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +117,13 @@ def create_app(services: Any, waiter: ExecutionWaiter | None = None) -> Starlett
     # /actors/{actor_id} (spec §1.1): the sharing routes are listed first.
     routes: list = routes_admin.routes + routes_search.routes + routes_sharing.routes
     routes += routes_actors.routes + routes_messages.routes + routes_executions.routes
-    routes += routes_workers.routes
+    routes += routes_workers.routes + logstream.routes
 
     middleware = [Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
                              allow_headers=["*"]),
                   Middleware(PathNormalizer), Middleware(HealthEndpoint, services=services),
-                  Middleware(AuthMiddleware, services=services)]
+                  Middleware(WebMiddleware, services=services, routes=routes),  # /ui, /docs, /metrics
+                  Middleware(AuthMiddleware, services=services)]  # health and web pages come before auth
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={AbacoError: abaco_error, HTTPException: http_error,

@@ -81,9 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pull_for_actor(services, actor.image)
     except Exception as exc:
+        _count("image_pull_failures")  # read by /metrics (queries/telemetry.py)
         image_error(services, actor, args.revision, args.worker_id, exc)
         return EXIT_IMAGE
+    _count("image_pulls")
     return EXIT_OK
+
+
+def _count(name: str) -> None:
+    """One more in the store's Counter table; a failure to count never fails the pull."""
+    from lightabaco.store.models import Counter
+
+    try:
+        Counter.insert(name=name, value=1).on_conflict(
+            conflict_target=[Counter.name], update={Counter.value: Counter.value + 1}).execute()
+    except Exception as exc:
+        log.warning("could not count %s: %s", name, exc)
 
 
 if __name__ == "__main__":

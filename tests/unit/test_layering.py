@@ -24,7 +24,8 @@ LAYERS: dict[str, set[str]] = {
     "abaco": {"sharing", "protocol", "store", "sandbox", "images", "config", "ids"},  # the lifecycle
     "automation": {"abaco", "sharing", "protocol", "store", "sandbox", "config", "ids"},  # events, cron
     "queries": {"abaco", "automation", "sharing", "protocol", "store", "config", "ids"},  # search, admin
-    "http": {"abaco", "sharing", "queries", "protocol", "config", "ids"},  # never store, never automation
+    "http": {"abaco", "sharing", "queries", "protocol", "web", "config", "ids"},  # never store, never automation
+    "web": {"abaco", "sharing", "queries", "protocol", "config", "ids"},  # dashboard, metrics, OpenAPI
     "workers": {"abaco", "automation", "store", "sandbox", "images", "protocol", "config", "ids"},
     "server": {"abaco", "automation", "sharing", "http", "workers", "store", "endpoint", "config", "ids"},
     "cli": {"server", "endpoint", "abaco", "sharing", "protocol", "store", "sandbox", "images", "build", "config", "ids"},
@@ -45,7 +46,7 @@ THIRD_PARTY: dict[str, set[str] | None] = {
     "actor": {"cloudpickle"},   # optional inside images
     "ids": {"hashids"},
 }
-NEVER: dict[str, set[str]] = {"http": {"peewee"}}  # the HTTP edge goes through the lifecycle
+NEVER: dict[str, set[str]] = {"http": {"peewee"}, "web": {"peewee"}}  # the HTTP edge goes through the lifecycle
 
 
 def _module_name(path: Path) -> str:
