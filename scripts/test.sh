@@ -5,7 +5,8 @@
 # (default /var/tmp/lightabaco-test-<uid>); later runs reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The podman backend and the podman-built image tests run when podman is there (they skip otherwise).
-EXTRA_APT_PACKAGES="podman runc uidmap passt slirp4netns"
+# The podman backend and the podman-built image tests run when podman is there (they skip otherwise);
+# postgresql gives the PostgreSQL store tests and the e2e suite's PostgreSQL pass their initdb cluster.
+EXTRA_APT_PACKAGES="podman runc uidmap passt slirp4netns postgresql"
 source scripts/setup-env.sh
 exec "$VENV/bin/python" -m pytest "$@"
