@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.server",    # a live lightabaco server (uvicorn on a free port, SQLite, bwrap)
     "tests.fixtures.users",     # multi-user tokens and roles against a live server
     "tests.fixtures.samples",   # the sample actor images from images/
+    "tests.fixtures.postgres",  # a throwaway PostgreSQL cluster (initdb in a temp dir), databases per test
 ]

@@ -3,6 +3,11 @@ truth; a lost ring only costs the receiver its next periodic check.
 
 Sockets live in Linux's abstract namespace (no path-length limit, nothing to clean up), named after the
 instance home so that two servers on one machine never ring each other.
+
+Doorbells reach only processes of this machine. On PostgreSQL the database also announces new messages
+and execution changes to every host (store/notify.py, LISTEN/NOTIFY): `Doorbell.wake_on(channel,
+payload)` turns a matching notification into a ring of that doorbell, and `ExecutionWaiter` listens for
+execution changes itself, so the receiving loops stay the same on one machine or many.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from lightabaco.store import notify
 
 MAX_PAYLOAD = 4096
 
@@ -30,9 +37,38 @@ class Doorbell:
 
     def __init__(self, home: Path, name: str) -> None:
         self.name = name
+        self.address = address(home, name)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self.sock.bind(address(home, name))
+        self.sock.bind(self.address)
         self.sock.setblocking(False)
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    def wake_on(self, channel: str, payload: str | None = None, ring: bytes = b"m") -> bool:
+        """Also ring this doorbell (with `ring`) when the database NOTIFYs `channel` — with exactly
+        `payload`, or any payload when None. For workers on any host: `wake_on(notify.MESSAGES,
+        actor_dbid)`; for a supervisor: `wake_on(notify.MESSAGES)`. One LISTEN connection per process
+        serves every doorbell (notify.shared_listener). Returns False on SQLite (nothing to listen to;
+        the local rings do the job)."""
+        listener = notify.shared_listener()
+        if listener is None:
+            return False
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        sender.setblocking(False)
+        target = self.address
+
+        def on_notify(got: str) -> None:
+            if payload is None or got == payload:
+                with contextlib.suppress(OSError):  # closed, or the queue is full: a ring is waiting
+                    sender.sendto(ring, target)
+
+        unsubscribe = listener.subscribe(channel, on_notify)
+
+        def stop() -> None:
+            unsubscribe()
+            sender.close()
+
+        self._unsubscribe.append(stop)
+        return True
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -59,6 +95,9 @@ class Doorbell:
         return self.drain() if ready else []
 
     def close(self) -> None:
+        for stop in self._unsubscribe:
+            stop()
+        self._unsubscribe.clear()
         self.sock.close()
 
 
@@ -110,8 +149,10 @@ class ExecutionWaiter:
         self.bell: Doorbell | None = None
         self._events: dict[str, set[asyncio.Event]] = {}
         self._marker: Path | None = None
+        self._unlisten: Callable[[], None] | None = None
 
     def start(self) -> None:
+        self._listen()
         if self.home is None:
             return
         name = f"api-{os.getpid()}"
@@ -126,7 +167,28 @@ class ExecutionWaiter:
         self._marker.touch()
         asyncio.get_running_loop().add_reader(self.bell.fileno(), self._on_ring)
 
+    def _listen(self) -> None:
+        """On PostgreSQL, executions that change on other hosts wake their waiters here too (their
+        workers ring only the doorbells of their own machine)."""
+        listener = notify.shared_listener()
+        if listener is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def on_notify(key: str) -> None:  # the listener's thread: hand over to the event loop
+            if key in self._events:
+                loop.call_soon_threadsafe(self._wake, key)
+
+        self._unlisten = listener.subscribe(notify.EXECUTIONS, on_notify)
+
+    def _wake(self, key: str) -> None:
+        for event in self._events.get(key, ()):
+            event.set()
+
     def stop(self) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         if self.bell is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.bell.fileno())
@@ -140,15 +202,14 @@ class ExecutionWaiter:
         assert self.bell is not None
         for payload in self.bell.drain():
             for key in payload.decode("utf-8", "replace").split("\n"):
-                for event in self._events.get(key, ()):
-                    event.set()
+                self._wake(key)
 
     @contextlib.contextmanager
     def watch(self, key: str) -> Iterator["_Watch"]:
         event = asyncio.Event()
         self._events.setdefault(key, set()).add(event)
         try:
-            yield _Watch(event, polling=self.bell is None)
+            yield _Watch(event, polling=self.bell is None and self._unlisten is None)
         finally:
             events = self._events.get(key)
             if events is not None:

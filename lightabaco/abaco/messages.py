@@ -12,7 +12,7 @@ from lightabaco.abaco import health, message_env, workers
 from lightabaco.protocol.errors import AbacoError, ValidationError
 from lightabaco.sharing.identity import Identity
 from lightabaco.store import fast, mailbox
-from lightabaco.store.db import database, write_tx
+from lightabaco.store.db import database, lock_key, write_tx
 from lightabaco.store.models import Execution, Message
 
 STR = "str"
@@ -131,6 +131,7 @@ def check_queue_cap(services: Any, identity: Identity) -> None:
     cap = services.settings.max_queued_messages_per_user
     if cap <= 0:
         return
+    lock_key(f"queue-cap/{identity.tenant}/{identity.username}")  # PostgreSQL: count and insert as one
     if unfinished_count(identity.tenant, identity.username, cap) >= cap:
         raise QueueFull(f"You already have {cap} messages queued or running (the instance's "
                         "max_queued_messages_per_user); this message was not accepted. Wait for some to "

@@ -2,7 +2,14 @@
 
 SQLite runs in WAL mode with synchronous=NORMAL (a commit survives a process crash; only an OS crash can
 lose the last transactions) and a busy timeout, so the API process and every worker process can share
-one file. A `postgresql://` URL is accepted for deployments that spread workers over machines.
+one file.
+
+A `postgresql://` URL (psycopg 3, `pip install 'lightabaco[postgres]'`) serves deployments that spread
+workers over machines. The same models and migrations run there; the differences are kept here and in
+mailbox.py: floats are DOUBLE PRECISION (epoch seconds need more than REAL's 24 bits), SQLite's
+busy_timeout becomes `lock_timeout`, write transactions are plain transactions (row locks, no
+database-wide write lock), schema set-up runs under an advisory lock so that processes starting together
+do not race, and triggers NOTIFY new messages and execution changes (store/notify.py).
 """
 
 from __future__ import annotations
@@ -58,12 +65,36 @@ class DatabaseCorrupt(StoreError):
 _local = threading.local()  # .wait_s: how long this thread may wait for a lock (None: LOCK_WAIT_S)
 
 
+# PostgreSQL's answers that mean "someone else holds what you need; try again": lock_not_available
+# (lock_timeout), query_canceled (statement_timeout), deadlock_detected, serialization_failure.
+PG_BUSY_STATES = frozenset({"55P03", "57014", "40P01", "40001"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    # peewee re-raises a driver error as its own class with the driver's exception as first argument;
+    # psycopg's subclasses it does not know (LockNotAvailable, ...) come through unwrapped.
+    for candidate in (exc, exc.args[0] if exc.args else None, exc.__cause__, exc.__context__):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
 def is_busy_error(exc: BaseException) -> bool:
-    """Whether an exception means "the database is locked by someone else" (SQLITE_BUSY/LOCKED)."""
+    """Whether an exception means "the database is locked by someone else" (SQLITE_BUSY/LOCKED, or
+    PostgreSQL's lock/statement timeout, deadlock or serialization failure)."""
     if isinstance(exc, DatabaseBusy):
+        return True
+    if _sqlstate(exc) in PG_BUSY_STATES:
         return True
     text = str(exc).lower()
     return isinstance(exc, peewee.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def is_postgres(db: Any = None) -> bool:
+    """Whether the bound database (or `db`) is PostgreSQL."""
+    db = database.obj if db is None else db
+    return isinstance(db, peewee.PostgresqlDatabase)
 
 
 def _lock_wait_s() -> float:
@@ -77,21 +108,44 @@ def lock_wait(seconds: float) -> Iterator[None]:
     raises DatabaseBusy (instead of SQLite's ten seconds). For API requests: a short, clear 503."""
     db = database.obj
     sqlite = isinstance(db, peewee.SqliteDatabase)
+    postgres = is_postgres(db)
     previous = getattr(_local, "wait_s", None)
     _local.wait_s = seconds
     try:
         if sqlite:
             db.execute_sql(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        elif postgres and not db.in_transaction():
+            db.execute_sql(_pg_lock_timeout_sql(seconds))
         yield
-    except peewee.OperationalError as exc:
+    except DatabaseBusy:
+        raise
+    except Exception as exc:
         if is_busy_error(exc):
             raise DatabaseBusy(seconds) from exc
         raise
     finally:
         _local.wait_s = previous
-        if sqlite and not db.is_closed() and not db.in_transaction():
-            ms = SQLITE_PRAGMAS["busy_timeout"] if previous is None else int(previous * 1000)
-            db.execute_sql(f"PRAGMA busy_timeout = {ms}")
+        if (sqlite or postgres) and not db.is_closed() and not db.in_transaction():
+            wait = LOCK_WAIT_S if previous is None else previous
+            with contextlib.suppress(Exception):  # a broken connection is replaced on next use anyway
+                if sqlite:
+                    db.execute_sql(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+                else:
+                    db.execute_sql(_pg_lock_timeout_sql(wait))
+
+
+def _pg_lock_timeout_sql(seconds: float) -> str:
+    # 0 would mean "wait forever" to PostgreSQL: the shortest real bound is 1 ms.
+    return f"SET lock_timeout = {max(int(seconds * 1000), 1)}"
+
+
+def lock_key(name: str) -> None:
+    """Inside a write transaction: wait for any other transaction that locked the same `name`, until
+    this one ends. For check-then-insert rules (a cap counted before the insert) that must hold across
+    processes. PostgreSQL: a transaction-scoped advisory lock (its write transactions lock only rows);
+    SQLite: nothing to do, its write transaction already excludes every other writer."""
+    if is_postgres():
+        database.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
 
 
 def check_integrity(path: Path) -> None:
@@ -140,14 +194,39 @@ def limit_this_thread(seconds: float) -> None:
     db = database.obj
     if isinstance(db, peewee.SqliteDatabase) and not db.is_closed():
         db.execute_sql(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+    elif is_postgres(db) and not db.is_closed() and not db.in_transaction():
+        db.execute_sql(_pg_lock_timeout_sql(seconds))
+
+
+class _PostgresDatabase(peewee.PostgresqlDatabase):
+    """PostgreSQL through psycopg 3, with this thread's lock-wait bound on every connection it opens.
+
+    peewee keeps one connection per thread, as for SQLite; each process (API, worker) opens its own."""
+
+    # peewee's FloatField is REAL (4 bytes) on PostgreSQL: epoch seconds would be rounded to minutes.
+    field_types = {**peewee.PostgresqlDatabase.field_types, "FLOAT": "DOUBLE PRECISION"}
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://"):]
+        self.url = url  # store/notify.py opens its listening connection with it
+        super().__init__(url, prefer_psycopg3=True, **kwargs)
+
+    def _initialize_connection(self, conn: Any) -> None:
+        super()._initialize_connection(conn)
+        with conn.cursor() as cur:
+            cur.execute(_pg_lock_timeout_sql(_lock_wait_s()))
 
 
 def open_database(url_or_path: str | Path) -> peewee.Database:
     text = str(url_or_path)
     if text.startswith(("postgres://", "postgresql://")):
-        from playhouse.db_url import connect as url_connect
-
-        return url_connect(text)
+        try:
+            import psycopg  # noqa: F401  (peewee would only say "driver not found" at first use)
+        except ImportError as exc:
+            raise StoreError("a postgresql:// database needs the psycopg driver: "
+                             "pip install 'lightabaco[postgres]' (or pip install 'psycopg[binary]')") from exc
+        return _PostgresDatabase(text)
     if text.startswith("sqlite:///"):
         text = text[len("sqlite:///"):]
     path = Path(text)
@@ -172,10 +251,26 @@ def connect(settings: "Settings", create: bool = True) -> peewee.Database:
         except peewee.OperationalError as exc:
             if not db.is_closed():
                 db.close()
+            if is_postgres(db):
+                raise StoreError(f"cannot open the database {redact_url(settings.database_url)}: {exc}; check "
+                                 "that PostgreSQL runs there, accepts this user and password from this host "
+                                 "(pg_hba.conf) and that the database exists (createdb NAME)") from exc
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise StoreError(f"cannot open the database {settings.database_url or settings.db_path}: "
                                  f"{exc}; check that the home directory is writable (--home DIR)") from exc
             time.sleep(0.05)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def all_models() -> list[type[peewee.Model]]:
@@ -198,14 +293,38 @@ def all_models() -> list[type[peewee.Model]]:
     return found
 
 
+# Any constant: the advisory lock that serializes schema set-up between processes on PostgreSQL.
+_PG_SCHEMA_LOCK = 0x6C616261  # "laba"
+
+
 def create_tables() -> None:
-    add_missing_columns()
-    database.create_tables(all_models(), safe=True)
+    with _schema_lock():
+        add_missing_columns()
+        database.create_tables(all_models(), safe=True)
+        if is_postgres():
+            from lightabaco.store import notify
+
+            notify.install_triggers()
     # Data migrations of the sharing models (idempotent; each runs once per database).
     sharing = sys.modules.get("lightabaco.store.sharing")
     migrate = getattr(sharing, "migrate", None)
     if migrate is not None:
         migrate()
+
+
+@contextlib.contextmanager
+def _schema_lock() -> Iterator[None]:
+    """On PostgreSQL, one process at a time creates tables, columns and triggers: two servers starting
+    together would otherwise race on CREATE TABLE IF NOT EXISTS (a unique violation in the catalog)
+    and CREATE OR REPLACE FUNCTION ("tuple concurrently updated"). SQLite's write lock does this there."""
+    if not is_postgres():
+        yield
+        return
+    database.execute_sql("SELECT pg_advisory_lock(%s)", (_PG_SCHEMA_LOCK,))
+    try:
+        yield
+    finally:
+        database.execute_sql("SELECT pg_advisory_unlock(%s)", (_PG_SCHEMA_LOCK,))
 
 
 def add_missing_columns() -> None:
@@ -246,8 +365,16 @@ def write_tx() -> Iterator[None]:
     """
     db = database.obj
     if not isinstance(db, peewee.SqliteDatabase):
-        with database.atomic():
-            yield
+        # PostgreSQL: row locks, no database-wide write lock to queue for; a lock held too long by
+        # someone else raises lock_not_available after lock_timeout (see is_busy_error).
+        try:
+            with database.atomic():
+                yield
+        except Exception as exc:
+            if getattr(_local, "wait_s", None) is not None and is_busy_error(exc) \
+                    and not isinstance(exc, DatabaseBusy):
+                raise DatabaseBusy(_lock_wait_s()) from exc
+            raise
         return
     if db.in_transaction():  # nested: a savepoint inside the outer write transaction
         with database.atomic():

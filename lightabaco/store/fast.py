@@ -15,8 +15,9 @@ import peewee
 from lightabaco.store.handle import database
 
 M = TypeVar("M", bound=peewee.Model)
-_select_cache: dict[tuple[type, str], tuple[str, list[peewee.Field]]] = {}
-_insert_cache: dict[tuple[type, tuple[str, ...]], tuple[str, list[peewee.Field]]] = {}
+# Keyed by the driver's parameter style too: one process may open SQLite, then PostgreSQL (tests do).
+_select_cache: dict[tuple[type, str, str], tuple[str, list[peewee.Field]]] = {}
+_insert_cache: dict[tuple[type, tuple[str, ...], str], tuple[str, list[peewee.Field]]] = {}
 
 
 def _quote(name: str) -> str:
@@ -25,7 +26,7 @@ def _quote(name: str) -> str:
 
 def get_one(model: type[M], field_name: str, value: Any) -> M | None:
     """model.get_or_none(model.<field_name> == value), without rebuilding the SQL each call."""
-    key = (model, field_name)
+    key = (model, field_name, _param())
     cached = _select_cache.get(key)
     if cached is None:
         fields = list(model._meta.sorted_fields)
@@ -47,7 +48,7 @@ def insert(model: type[peewee.Model], **values: Any) -> Any:
     """model.insert(**values).execute() with a cached statement per set of columns; fields left out
     take their declared defaults."""
     names = tuple(sorted(values))
-    key = (model, names)
+    key = (model, names, _param())
     cached = _insert_cache.get(key)
     meta = model._meta
     if cached is None:
@@ -56,6 +57,9 @@ def insert(model: type[peewee.Model], **values: Any) -> Any:
         columns = ", ".join(_quote(f.column_name) for f in fields)
         marks = ", ".join("?" for _ in fields)
         sql = f"INSERT INTO {_quote(meta.table_name)} ({columns}) VALUES ({marks})"
+        if _param() != "?" and meta.primary_key is not None:
+            # PostgreSQL's drivers have no lastrowid: ask for the key (an AutoField's value, or ours).
+            sql += f" RETURNING {_quote(meta.primary_key.column_name)}"
         cached = _insert_cache[key] = (placeholders(sql), fields)
     sql, fields = cached
     params = []
@@ -66,7 +70,14 @@ def insert(model: type[peewee.Model], **values: Any) -> Any:
             v = f.default() if callable(f.default) else f.default
         params.append(f.db_value(v) if v is not None else None)
     cursor = database.execute_sql(sql, params)
+    if cursor.description:  # RETURNING (PostgreSQL)
+        row = cursor.fetchone()
+        return row[0] if row else None
     return cursor.lastrowid
+
+
+def _param() -> str:
+    return getattr(database.obj, "param", "?") if database.obj is not None else "?"
 
 
 def placeholders(sql: str) -> str:
@@ -75,14 +86,14 @@ def placeholders(sql: str) -> str:
     return sql if param == "?" else sql.replace("?", param)
 
 
-_update_cache: dict[tuple[type, tuple[str, ...], tuple[str, ...]], tuple[str, list[peewee.Field]]] = {}
+_update_cache: dict[tuple[type, tuple[str, ...], tuple[str, ...], str], tuple[str, list[peewee.Field]]] = {}
 
 
 def update(model: type[peewee.Model], where: dict[str, Any], **values: Any) -> int:
     """UPDATE model SET values WHERE every where-field equals its value; returns the row count."""
     names = tuple(sorted(values))
     conds = tuple(sorted(where))
-    key = (model, names, conds)
+    key = (model, names, conds, _param())
     cached = _update_cache.get(key)
     meta = model._meta
     if cached is None:

@@ -1,7 +1,9 @@
 """The durable per-actor mailbox: enqueue, claim under a lease, renew, ack, nack, recover, count, purge.
 
 A message row is committed before the client gets its execution id. A worker claims the oldest
-unleased message of its actor with one guarded UPDATE ... RETURNING, renews the lease while the
+unleased message of its actor with one guarded UPDATE ... RETURNING (on PostgreSQL the candidate row is
+picked with FOR UPDATE SKIP LOCKED, so concurrent claimers on any host take different messages
+without waiting for each other), renews the lease while the
 execution runs, and deletes the row (ack) only after the execution is recorded. A lease that is not
 renewed expires and the message goes back to the queue (at-least-once delivery). For stateful actors a
 message is claimable only while no other message of that actor is leased, which makes processing
@@ -16,7 +18,7 @@ from typing import Any
 
 from peewee import fn
 
-from lightabaco.store.db import database, write_tx
+from lightabaco.store.db import database, is_postgres, write_tx
 from lightabaco.store.fast import placeholders
 from lightabaco.store.models import JSONField, Message
 
@@ -54,10 +56,37 @@ RETURNING id, actor_dbid, execution_id, body, content_type, env, attempts
 """
 
 
+# PostgreSQL: the write transaction holds no database-wide lock, so the guard must lock what it reads.
+# SKIP LOCKED lets concurrent claimers of a stateless actor take different rows without waiting. For a
+# stateful actor the NOT EXISTS guard alone would let two claimers each see "nothing leased" (neither
+# sees the other's uncommitted lease) and break strict FIFO, so its claims first take a transaction
+# advisory lock on the actor: the second claimer waits for the first to commit, then sees its lease.
+_PG_STATEFUL_LOCK_SQL = """
+SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))
+WHERE EXISTS (SELECT 1 FROM message WHERE actor_dbid = %s AND NOT stateless)
+"""
+
+_PG_CLAIM_SQL = """
+UPDATE message SET lease_owner = %s, lease_until = %s, attempts = attempts + 1
+WHERE id = (
+  SELECT m.id FROM message m
+  WHERE m.actor_dbid = %s AND m.lease_owner IS NULL
+    AND (m.stateless OR NOT EXISTS (
+          SELECT 1 FROM message x WHERE x.actor_dbid = m.actor_dbid AND x.lease_owner IS NOT NULL))
+  ORDER BY m.id LIMIT 1
+  FOR UPDATE SKIP LOCKED)
+RETURNING id, actor_dbid, execution_id, body, content_type, env, attempts
+"""
+
+
 def claim(actor_dbid: str, owner: str, lease_s: float, now: float | None = None) -> Claimed | None:
     """Lease the oldest claimable message of an actor to `owner`. Call inside write_tx()."""
     now = time.time() if now is None else now
-    cursor = database.execute_sql(placeholders(_CLAIM_SQL), (owner, now + lease_s, actor_dbid))
+    if is_postgres():
+        database.execute_sql(_PG_STATEFUL_LOCK_SQL, (actor_dbid, actor_dbid))
+        cursor = database.execute_sql(_PG_CLAIM_SQL, (owner, now + lease_s, actor_dbid))
+    else:
+        cursor = database.execute_sql(placeholders(_CLAIM_SQL), (owner, now + lease_s, actor_dbid))
     row = cursor.fetchone()
     if row is None:
         return None
