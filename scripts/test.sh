@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 # The podman backend and the podman-built image tests run when podman is there (they skip otherwise);
 # postgresql gives the PostgreSQL store tests and the e2e suite's PostgreSQL pass their initdb cluster;
 # passt/slirp4netns the outbound network mode; chromium the dashboard's browser tests.
-EXTRA_APT_PACKAGES="podman runc uidmap passt slirp4netns chromium postgresql"
+EXTRA_APT_PACKAGES="podman runc uidmap passt slirp4netns chromium postgresql slurm-wlm munge"
 source scripts/setup-env.sh
 exec "$VENV/bin/python" -m pytest "$@"
