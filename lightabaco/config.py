@@ -161,6 +161,27 @@ class Settings:
     log_stream_poll_s: float = 0.5  # how often an open live-log stream re-reads the log (one reader per stream)
     log_stream_max_s: float = 3600.0  # a live-log stream closes after this; the dashboard then reopens it
 
+    # -- issue 12: worker hosts' images, Slurm pilots --
+    # The worker credential (worker hosts read the API's image store with it at /v2/); empty:
+    # <home>/worker-token, made by the API server at start-up. Copy the file to each worker host.
+    worker_token_file: str = ""
+    # `serve --slurm`: submit Slurm pilot jobs that run worker hosts, instead of running executions here.
+    slurm: bool = False
+    slurm_partition: str = ""  # sbatch --partition (empty: the cluster's default)
+    slurm_account: str = ""  # sbatch --account (empty: your default account)
+    slurm_time_limit: str = "01:00:00"  # sbatch --time of each pilot; a pilot ending drains like a SIGTERM
+    slurm_max_jobs: int = 4  # pilot jobs (pending or running) at most
+    slurm_min_jobs: int = 0  # pilot jobs kept even when nothing is queued
+    slurm_messages_per_job: int = 4  # queued or running messages that justify one more pilot
+    slurm_cpus_per_job: int = 2  # sbatch --cpus-per-task, and the pilot's worker processes
+    slurm_idle_s: float = 120.0  # a pilot not needed for this long is cancelled (scancel)
+    slurm_poll_s: float = 10.0  # how often the queue depth and the pilots are looked at
+    # Directory for pilot scripts and logs; must be visible on the compute nodes. Empty: <home>/slurm.
+    slurm_dir: str = ""
+    # The API URL as the compute nodes reach it; empty: public_url, else http://<host>:<port>.
+    slurm_api_url: str = ""
+    slurm_sbatch_args: str = ""  # more sbatch options, shell-quoted (e.g. "--mem=8G --qos=normal")
+
     # -- loading -------------------------------------------------------------------------------
 
     @classmethod

@@ -203,12 +203,20 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
     raise_fd_limit()
     first_run(settings)
     services = build_services(settings)
-    supervisor = ticker = None
-    if workers:
+    supervisor = ticker = pilots = None
+    slurm_mode = settings.slurm and api and workers  # `serve --slurm`: executions run in Slurm pilot jobs
+    if workers and not slurm_mode:
         from lightabaco.workers.supervisor import Supervisor
 
         supervisor = Supervisor(services)
         supervisor.start(recover=True)
+    if slurm_mode:
+        from lightabaco.slurm.pilots import PilotConfig, PilotManager
+
+        pilots = PilotManager(PilotConfig.from_settings(settings))
+        pilots.start()
+        log.info("slurm mode: no local workers; pilot jobs %s run worker hosts", pilots.cfg.job_name)
+    if workers:
         ticker = Ticker(services)
         ticker.start()
         from lightabaco.automation import events
@@ -234,6 +242,8 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
                 services.draining = True
                 supervisor.drain(settings.drain_grace_s)
     finally:
+        if pilots is not None:
+            pilots.stop(cancel=True)
         if ticker is not None:
             ticker.stop()
         if supervisor is not None:

@@ -333,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="token: every request needs a token (default); none: anyone who can reach the port "
                        "is the owner")
     serve.add_argument("--no-samples", action="store_true", help="do not build/import the sample images")
+    slurm = serve.add_argument_group("Slurm pilots (docs/hpc.md)")
+    slurm.add_argument("--slurm", action="store_true", help="run no executions here: submit Slurm pilot jobs "
+                       "that run worker hosts, sized by the queue (LIGHTABACO_SLURM)")
+    slurm.add_argument("--partition", help="sbatch --partition of the pilots (LIGHTABACO_SLURM_PARTITION)")
+    slurm.add_argument("--account", help="sbatch --account of the pilots (LIGHTABACO_SLURM_ACCOUNT)")
+    slurm.add_argument("--time-limit", help="sbatch --time of each pilot, e.g. 04:00:00 (LIGHTABACO_SLURM_TIME_LIMIT)")
+    slurm.add_argument("--max-jobs", type=int, help="pilot jobs at most (LIGHTABACO_SLURM_MAX_JOBS; default 4)")
 
     from .users import USERS_DESCRIPTION, add_token_options, add_users_commands
 

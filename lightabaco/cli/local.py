@@ -16,8 +16,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lightabaco.config import Settings
     from lightabaco.server import first_run, serve
 
+    slurm = {"slurm": True if getattr(args, "slurm", False) else None,
+             "slurm_partition": getattr(args, "partition", None), "slurm_account": getattr(args, "account", None),
+             "slurm_time_limit": getattr(args, "time_limit", None), "slurm_max_jobs": getattr(args, "max_jobs", None)}
     settings = Settings.from_env(home=args.home, host=args.host, port=args.port, workers=args.workers,
-                                 backend=args.backend, auth=args.auth)
+                                 backend=args.backend, auth=args.auth, **slurm)
     token = first_run(settings)
     if not args.no_samples:
         _ensure_samples(settings.images_dir, settings.home / "build-cache", args)

@@ -25,6 +25,7 @@ from lightabaco.http import (routes_actors, routes_admin, routes_executions, rou
                              routes_search, routes_sharing, routes_workers)
 from lightabaco.http.auth import AuthMiddleware
 from lightabaco.http.routes_health import HealthEndpoint
+from lightabaco.http.registry_api import ImageDistribution
 from lightabaco.web import logstream
 from lightabaco.web.middleware import WebMiddleware
 
@@ -122,6 +123,7 @@ def create_app(services: Any, waiter: ExecutionWaiter | None = None) -> Starlett
     middleware = [Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
                              allow_headers=["*"]),
                   Middleware(PathNormalizer), Middleware(HealthEndpoint, services=services),
+                  Middleware(ImageDistribution, services=services),  # /v2/: worker hosts pull images
                   Middleware(WebMiddleware, services=services, routes=routes),  # /ui, /docs, /metrics
                   Middleware(AuthMiddleware, services=services)]  # health and web pages come before auth
 

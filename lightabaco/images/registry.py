@@ -205,7 +205,7 @@ class RegistryClient:
 
     def __init__(self, ref: Reference, *, username: str | None = None, password: str | None = None,
                  insecure: bool = False, timeout: float | None = None,
-                 options: PullOptions | None = None) -> None:
+                 options: PullOptions | None = None, scheme: str | None = None) -> None:
         self.ref = ref
         self.repo = ref.repository
         self.host = ref.api_host
@@ -219,6 +219,9 @@ class RegistryClient:
         self.plain_http_ok = insecure or ref.is_loopback
         self.scheme = "https"
         self._scheme_settled = not self.plain_http_ok
+        if scheme in ("http", "https"):  # the caller knows (the API server's own URL): no https try first
+            self.scheme, self._scheme_settled = scheme, True
+            self.plain_http_ok = self.plain_http_ok or scheme == "http"
         if username is None and password is None:
             found = credentials_for(ref.registry)
             if found:

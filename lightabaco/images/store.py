@@ -302,6 +302,46 @@ class ImageStore:
             raise ImageError(f"stored blob {digest} is corrupt; remove the image and pull or import it again")
         return data
 
+    # ---------------------------------------------------------------------------------------------
+    # Read-only access for the image distribution endpoint (lightabaco/http/registry_api.py): what a
+    # worker host pulls from the API server. Only named images' manifests are served; blobs by digest.
+
+    def manifest_for(self, repository: str, reference: str) -> tuple[bytes, str, str]:
+        """(body, media type, digest) of the manifest named `repository:reference` (a tag) or of a stored
+        manifest or index with digest `reference` that some name points to. Raises ImageNotFound."""
+        refs = self._read_refs()
+        if reference.startswith("sha256:"):
+            digest = oci.check_digest(reference, "manifest")
+            known = {d for e in refs.values() for d in [e.get("manifest"), *(e.get("digests") or [])] if d}
+            if digest not in known:
+                raise ImageNotFound(f"no stored manifest {digest}; pull by a digest the server lists "
+                                    "(`lightabaco images list`)")
+        else:
+            found = self._find_ref(refs, f"{repository}:{reference}")
+            if found is None or not found[1].get("manifest"):
+                raise ImageNotFound(f"image {repository}:{reference} is not in the server's store (or was "
+                                    "imported without a manifest); check the name with `lightabaco images list`")
+            digest = found[1]["manifest"]
+        data = self._read_blob(digest)
+        mtype = ""
+        with contextlib.suppress(ValueError, AttributeError):
+            doc = json.loads(data)
+            mtype = doc.get("mediaType") or ("application/vnd.oci.image.index.v1+json" if "manifests" in doc
+                                             else "application/vnd.oci.image.manifest.v1+json")
+        return data, mtype or "application/vnd.oci.image.manifest.v1+json", digest
+
+    def open_blob(self, digest: str) -> tuple[BinaryIO, int]:
+        """A stored blob opened for reading (never through a symlink) and its size; ImageNotFound if absent.
+        The reader verifies the digest (the distribution client does); gc may unlink it meanwhile, the
+        open file stays readable."""
+        path = self._blob_path(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, OSError):
+            raise ImageNotFound(f"blob {digest} is not in the server's store") from None
+        f = os.fdopen(fd, "rb")
+        return f, os.fstat(fd).st_size
+
     def has_blob(self, digest: str) -> bool:
         return self._blob_path(digest).exists()
 
@@ -510,13 +550,17 @@ class ImageStore:
     # Pull
 
     def pull(self, ref: str, *, username: str | None = None, password: str | None = None,
-             insecure: bool = False, progress: Progress | None = None) -> PreparedImage:
-        """Pull `ref` from its registry (distribution API v2), unpack it, and name it `ref`."""
+             insecure: bool = False, progress: Progress | None = None, client: Any = None,
+             save_as: str | None = None) -> PreparedImage:
+        """Pull `ref` from its registry (distribution API v2), unpack it, and name it `ref` (or `save_as`).
+
+        `client`: a RegistryClient already set up for `ref` (pull_from_api gives one for the API server)."""
         from .registry import RegistryClient  # registry code is only needed for pulls
 
         r = parse_reference(ref)
         insecure = insecure or r.registry in self.insecure_registries
-        client = RegistryClient(r, username=username, password=password, insecure=insecure)
+        if client is None:
+            client = RegistryClient(r, username=username, password=password, insecure=insecure)
         with self._lock("store", shared=True):
             mbytes, mtype, top_digest = client.get_manifest(r.api_reference)
             digests = [top_digest]
@@ -568,10 +612,10 @@ class ImageStore:
                                               size=ld.get("size")))
                 self._materialize(cdigest, cbytes, config, lambda _stage: layers, progress)
             self._write_blob(mdigest, mbytes)
-            key = str(r)
+            key = str(parse_reference(save_as)) if save_as else str(r)
             with self._edit_refs() as refs:
                 refs[key] = {"config": cdigest, "manifest": mdigest, "digests": digests,
-                             "source": "pull", "added": time.time()}
+                             "source": "pull" if not save_as else f"pull:{r}", "added": time.time()}
         return self._prepared(cdigest, key)
 
     def ensure(self, ref: str, **pull_kwargs: Any) -> PreparedImage:

@@ -26,8 +26,11 @@ LAYERS: dict[str, set[str]] = {
     "queries": {"abaco", "automation", "sharing", "protocol", "store", "config", "ids"},  # search, admin
     "http": {"abaco", "sharing", "queries", "protocol", "web", "config", "ids"},  # never store, never automation
     "web": {"abaco", "sharing", "queries", "protocol", "config", "ids"},  # dashboard, metrics, OpenAPI
-    "workers": {"abaco", "automation", "store", "sandbox", "images", "protocol", "config", "ids"},
-    "server": {"abaco", "automation", "sharing", "http", "workers", "store", "endpoint", "config", "ids"},
+    "workers": {"abaco", "automation", "store", "sandbox", "images", "protocol", "config", "ids",
+                "slurm"},                               # slurm.identity: where a worker host runs
+    "slurm": {"store", "sharing", "images", "config", "ids"},  # Slurm pilots: sbatch/scancel, pilot job side
+    "server": {"abaco", "automation", "sharing", "http", "workers", "store", "endpoint", "config", "ids",
+               "slurm"},
     "cli": {"server", "endpoint", "abaco", "sharing", "protocol", "store", "sandbox", "images", "build", "config", "ids"},
     "bench": {"sandbox", "images", "build", "config", "ids"},
     "config": set(),
