@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.users",     # multi-user tokens and roles against a live server
     "tests.fixtures.samples",   # the sample actor images from images/
     "tests.fixtures.postgres",  # a throwaway PostgreSQL cluster (initdb in a temp dir), databases per test
+    "tests.fixtures.slurm",     # a one-node Slurm cluster (slurmctld, slurmd, munged in a temp dir), root only
 ]
