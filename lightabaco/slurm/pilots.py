@@ -164,8 +164,9 @@ class PilotManager:
 
     def _write_script(self) -> Path:
         d = self.cfg.directory
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o700)
+        if not d.exists():
+            d.mkdir(parents=True)
+            os.chmod(d, 0o700)  # ours: private; a directory the operator named keeps its mode
         script = d / "pilot.sh"
         argv = [self.cfg.python, "-m", "lightabaco.slurm.pilot", "--api", self.cfg.api_url,
                 "--token-file", str(self.cfg.token_file), "--workers", str(self.cfg.cpus_per_job)]
