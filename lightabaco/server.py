@@ -81,7 +81,7 @@ def build_services(settings: Settings) -> Services:
     from lightabaco.workers.notify import DoorbellNotifier
 
     subscribe_automation()  # links and webhooks hear the lifecycle's events in this process
-    return Services(settings, notifier=DoorbellNotifier(settings.home))
+    return Services(settings, notifier=DoorbellNotifier(settings.home, settings.pool_processes()))
 
 
 class Ticker:
