@@ -327,7 +327,8 @@ class Supervisor:
             freed = claims.free_stale_slots(self.settings.lease_s)
             if freed:
                 log.warning("freed %d worker slot(s) whose process or host is gone", freed)
-        if now - self._last_tag_check >= TAG_CHECK_S:
+        # A worker host's store is not the deployment's: only the API host follows moved tags.
+        if not self.settings.images_source and now - self._last_tag_check >= TAG_CHECK_S:
             self._last_tag_check = now
             image_tags.follow_moved_tags(self.services)
         if self.settings.autoscaling:
@@ -363,11 +364,16 @@ class Supervisor:
                 Worker.delete().where(Worker.dbid == row.dbid).execute()
                 continue
             image = self._local_image(actor.image)
+            if image is None and self.settings.images_source:
+                # A worker host: from the API's store through the hook, else the slot is left to the
+                # API host's supervisor (which pulls it there).
+                from lightabaco.workers import imagesource
+
+                image = imagesource.fetch_missing(self.services, actor.image)
             if image is not None:
                 self._make_ready(row, actor, image)
             elif not self.settings.images_source:
                 self._start_pull(row, actor)
-            # A worker host without the image leaves the slot to the API host's supervisor.
 
     def _make_ready(self, row: Worker, actor: Actor, image: Any) -> None:
         image_tags.record_digest(actor.dbid, actor.revision, image.config_digest)
