@@ -177,8 +177,9 @@ class Settings:
     # A worker host (`lightabaco workers --api URL`): the API it fetches images it lacks from (see
     # workers/imagesource.py); empty: this host's image store only (one machine, or a shared store).
     images_source: str = ""
-    # Sandbox scratch directories left in <home>/exec by a crash are removed after this long.
-    scratch_max_age_s: float = 6 * 3600.0
+    # Housekeeping removes unpacked images no name needs any more (a tag moved, an image was removed)
+    # this often, when no execution runs on this host; 0 = never (`lightabaco images prune` by hand).
+    images_gc_s: float = 3600.0
 
     # -- loading -------------------------------------------------------------------------------
 

@@ -26,13 +26,31 @@ def install(fetcher: Fetcher | None) -> None:
     _fetcher = fetcher
 
 
+DEFAULT_MODULE = "lightabaco.images.remote"  # provides fetch(services, ref, api_url), when it exists
+
+
+def _default() -> Fetcher | None:
+    """Pool processes are separate processes: without an install() in them, the fetcher is
+    `fetch` of DEFAULT_MODULE, if that module exists."""
+    import importlib
+
+    try:
+        module = importlib.import_module(DEFAULT_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != DEFAULT_MODULE:
+            raise
+        return None
+    return getattr(module, "fetch", None)
+
+
 def fetch_missing(services: Any, ref: str) -> Any:
     """The prepared image `ref`, fetched from `images_source`; None when it cannot be had here."""
     source = services.settings.images_source
-    if not source or _fetcher is None:
+    fetcher = _fetcher or _default()
+    if not source or fetcher is None:
         return None
     try:
-        return _fetcher(services, ref, source)
+        return fetcher(services, ref, source)
     except Exception as exc:  # another host may have it: the message is given back, not failed
         log.warning("could not fetch image %s from %s: %s", ref, source, exc)
         return None

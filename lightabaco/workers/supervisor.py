@@ -379,7 +379,7 @@ class Supervisor:
         image_tags.record_digest(actor.dbid, actor.revision, image.config_digest)
         now = time.time()
         with write_tx():
-            n = Worker.update(status="READY", last_health_check_time=now,
+            n = Worker.update(status="READY", last_health_check_time=now, cid=f"{self.host}:pool",
                               location=f"local://{getattr(self.services.backend, 'name', 'sandbox')}").where(
                 (Worker.dbid == row.dbid) & (Worker.status == "REQUESTED")).execute()
             became = Actor.update(status="READY", status_message=" ").where(

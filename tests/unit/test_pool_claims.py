@@ -110,3 +110,31 @@ def test_restart_keeps_slots_and_frees_busy_ones(service_env):
     info = recover_on_start(max_attempts=3, host="h")
     assert info["worker_rows"] == 1 and info["requeued"] == 1
     assert [w.status for w in Worker.select()] == ["READY", "READY"]  # never evicted: rows stay
+
+
+def test_housekeeping_expires_old_executions_with_their_logs_and_results(service_env):
+    from lightabaco.abaco import housekeeping
+    from lightabaco.store.models import Log, Result
+
+    s = service_env.services
+    a, adb = make_actor(service_env, "h")
+    old, fresh, running = (send(service_env, a, t) for t in ("old", "fresh", "running"))
+    now = time.time()
+    keep = s.settings.execution_retention_s
+    Execution.update(status="COMPLETE", finish_time=now - keep - 10).where(
+        Execution.id == old.execution_id).execute()
+    Execution.update(status="COMPLETE", finish_time=now - 10).where(Execution.id == fresh.execution_id).execute()
+    Execution.update(status="RUNNING", start_time=now - keep - 100).where(
+        Execution.id == running.execution_id).execute()
+    for e in (old, fresh):
+        Log.insert(execution_dbid=e.execution_dbid, actor_dbid=adb, text="x", expires=None).execute()
+        Result.insert(execution_dbid=e.execution_dbid, data=b"r", created=now).execute()
+    out = housekeeping.run(s, now=now)
+    assert out["executions"] == 1
+    left = {e.id for e in Execution.select()}
+    assert left == {fresh.execution_id, running.execution_id}  # a running one is never expired
+    assert {l.execution_dbid for l in Log.select()} == {fresh.execution_dbid}
+    assert {r.execution_dbid for r in Result.select()} == {fresh.execution_dbid}
+    s.settings.execution_retention_s = 0  # 0 keeps everything
+    Execution.update(finish_time=0).where(Execution.id == fresh.execution_id).execute()
+    assert housekeeping.run(s, now=now)["executions"] == 0
