@@ -500,7 +500,9 @@ class Supervisor:
             cap = actor.max_workers or self.settings.max_workers_per_actor
             starting_or_idle = [w for w in ws if w.status != "BUSY"]
             if queued > len(starting_or_idle) and len(ws) < cap:
-                worker_records.request_worker(self.services, actor)
+                # Slots are rows: add all that the queue needs at once (the pool bounds what runs).
+                for _ in range(min(queued - len(starting_or_idle), cap - len(ws))):
+                    worker_records.request_worker(self.services, actor)
             elif queued == 0 and len(ws) > 1:
                 # Keep one slot; drop extra idle ones after worker_idle_s.
                 idle = [w for w in ws if w.status == "READY"
