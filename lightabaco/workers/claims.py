@@ -70,7 +70,7 @@ def _claim_for(actor_dbid: str, slot_dbid: str, slot_id: str, host: str, lease_s
             return None
         # The slot first: two processes that picked the same slot cannot both move it (the second
         # changes no row, on SQLite under the write lock, on PostgreSQL after the first commits).
-        took = Worker.update(status="BUSY", pid=os.getpid(), cid=f"{host}:{os.getpid()}", host_id=host,
+        took = Worker.update(status="BUSY", pid=os.getpid(), cid=str(os.getpid()), host_id=host,
                              last_health_check_time=now).where(
             (Worker.dbid == slot_dbid) & (Worker.status == "READY")
             & (Worker.revision == actor.revision)).execute()

@@ -264,10 +264,18 @@ class Supervisor:
         held = list(Worker.select().where((Worker.status == "BUSY") & (Worker.pid == proc.pid)
                                           & (Worker.host_id == self.host)))
         for row in held:
+            # As in Abaco, a worker that died is replaced by a new one (a new id); its message runs again.
             leases = mailbox.release_owner(row.id)
             if leases:
                 recover_leases(leases, self.settings.max_attempts, "Its pool process died")
-            Worker.update(status="READY").where((Worker.dbid == row.dbid) & (Worker.status == "BUSY")).execute()
+            if not restart:  # stopping or draining: the slot stays for the next start
+                Worker.update(status="READY").where((Worker.dbid == row.dbid)
+                                                    & (Worker.status == "BUSY")).execute()
+                continue
+            Worker.delete().where(Worker.dbid == row.dbid).execute()
+            actor = Actor.get_or_none(Actor.dbid == row.actor_dbid)
+            if actor is not None and actor.status not in ("ERROR", "SHUTTING_DOWN"):
+                worker_records.request_worker(self.services, actor)
         if code == EXIT_BACKEND:
             self.no_backend(self._backend_reason())
             return
