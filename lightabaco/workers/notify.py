@@ -32,6 +32,11 @@ class DoorbellNotifier:
             self.ringer.ring(pool_name(slot), b"m")
 
     def wake_worker(self, worker_id: str, payload: bytes = b"w") -> None:
+        if payload == b"m":
+            # "A message for this worker": a READY slot has no process of its own; any free pool
+            # process may take the message, so the pool is rung instead.
+            self.wake_actor("")
+            return
         self.ringer.ring(worker_name(worker_id), payload)
 
     def wake_supervisor(self) -> None:
