@@ -36,8 +36,9 @@ class Settings:
     home: Path = field(default_factory=default_home)
     host: str = "127.0.0.1"
     port: int = 8000
-    # Global cap on worker processes (all actors together).
-    workers: int = 8
+    # Runner processes of the shared pool (all actors together); 0 = `pool_size` (issue 9 block).
+    # Kept for `--workers N` command lines: a non-zero value here sets the pool size.
+    workers: int = 0
     backend: str = "auto"  # auto | bwrap | podman
     auth: str = "token"  # token | none
     case: str = "snake"  # snake | camel
@@ -160,6 +161,25 @@ class Settings:
     metrics_access: str = "loopback"
     log_stream_poll_s: float = 0.5  # how often an open live-log stream re-reads the log (one reader per stream)
     log_stream_max_s: float = 3600.0  # a live-log stream closes after this; the dashboard then reopens it
+    # -- issue 9/12: shared pool, worker hosts, housekeeping --
+    # Runner processes in this host's shared pool; every actor's workers are slots over it. 0 = the
+    # number of cores (at least 2). `workers` (above), when non-zero, wins for old command lines.
+    pool_size: int = 0
+    # Which host ran what (workers list, executions' `host`): this machine's name by default. Set a
+    # distinct name for each worker host started on the same machine.
+    host_name: str = ""
+    # How often a running execution's log is copied into the database (so the API reads it when the
+    # execution runs on another host); 0 = only at the end (one machine: the API reads the file).
+    live_log_push_s: float = 0.0
+    # Finished executions (with their logs and results) older than this are deleted by housekeeping;
+    # 0 keeps them forever.
+    execution_retention_s: float = 30 * 86400.0
+    # A worker host (`lightabaco workers --api URL`): the API it fetches images it lacks from (see
+    # workers/imagesource.py); empty: this host's image store only (one machine, or a shared store).
+    images_source: str = ""
+    # Housekeeping removes unpacked images no name needs any more (a tag moved, an image was removed)
+    # this often, when no execution runs on this host; 0 = never (`lightabaco images prune` by hand).
+    images_gc_s: float = 3600.0
 
     # -- issue 12: worker hosts' images, Slurm pilots --
     # The worker credential (worker hosts read the API's image store with it at /v2/); empty:
@@ -214,8 +234,25 @@ class Settings:
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)!r} is not valid; "
                                     f"use one of: {', '.join(allowed)}")
-        if self.workers < 1:
-            raise SettingsError(f"workers must be at least 1 (got {self.workers}); pass --workers N")
+        if self.workers < 0 or self.pool_size < 0:
+            raise SettingsError(f"workers/pool_size must be 0 (automatic) or more (got {self.workers}/"
+                                f"{self.pool_size}); pass --workers N or LIGHTABACO_POOL_SIZE=N")
+
+    def pool_processes(self) -> int:
+        """Runner processes in this host's pool: `workers`, else `pool_size`, else the cores (min 2)."""
+        if self.workers > 0:
+            return self.workers
+        if self.pool_size > 0:
+            return self.pool_size
+        return max(2, os.cpu_count() or 2)
+
+    def host_id(self) -> str:
+        """The name this host records on what it runs."""
+        if self.host_name:
+            return self.host_name
+        import socket
+
+        return socket.gethostname()
 
     def to_env(self) -> dict[str, str]:
         """The LIGHTABACO_* variables that reproduce these settings in a child process."""

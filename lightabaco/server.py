@@ -81,7 +81,7 @@ def build_services(settings: Settings) -> Services:
     from lightabaco.workers.notify import DoorbellNotifier
 
     subscribe_automation()  # links and webhooks hear the lifecycle's events in this process
-    return Services(settings, notifier=DoorbellNotifier(settings.home))
+    return Services(settings, notifier=DoorbellNotifier(settings.home, settings.pool_processes()))
 
 
 class Ticker:
@@ -196,12 +196,20 @@ def drain_on_signal(server: Any, services: Services, supervisor: Any, grace_s: f
     server.handle_exit = on_signal
 
 
-def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
-    """Run until SIGINT/SIGTERM. With api=False only the supervisor and ticker run (and vice versa)."""
+def serve(settings: Settings, api: bool = True, workers: bool = True, host_only: bool = False) -> None:
+    """Run until SIGINT/SIGTERM. With api=False only the supervisor and ticker run (and vice versa).
+    host_only: a worker host (`lightabaco workers --database-url ...`): the pool and its supervisor,
+    no ticker (cron, housekeeping and webhooks stay with the API server), no owner token."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     raise_fd_limit()
-    first_run(settings)
+    if host_only:
+        settings.home.mkdir(mode=0o711, parents=True, exist_ok=True)
+        for sub in (settings.images_dir, settings.exec_dir, settings.run_dir):
+            sub.mkdir(mode=0o711, parents=True, exist_ok=True)
+        db.connect(settings, create=True)
+    else:
+        first_run(settings)
     services = build_services(settings)
     supervisor = ticker = pilots = None
     slurm_mode = settings.slurm and api and workers  # `serve --slurm`: executions run in Slurm pilot jobs
@@ -216,7 +224,7 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
         pilots = PilotManager(PilotConfig.from_settings(settings))
         pilots.start()
         log.info("slurm mode: no local workers; pilot jobs %s run worker hosts", pilots.cfg.job_name)
-    if workers:
+    if workers and not host_only:  # cron, housekeeping and webhooks stay with the API server's side
         ticker = Ticker(services)
         ticker.start()
         from lightabaco.automation import events
@@ -249,6 +257,33 @@ def serve(settings: Settings, api: bool = True, workers: bool = True) -> None:
         if supervisor is not None:
             supervisor.stop()
         db.close()
+
+
+def worker_host_settings(database_url: str, api: str, home: str | Path, pool: int | None = None,
+                         host_name: str | None = None) -> Settings:
+    """Settings of a worker host: the shared database, the API it belongs to (images come from there,
+    and `api`-network sandboxes reach it), its own home and pool, live logs copied into the database."""
+    import urllib.parse
+
+    settings = Settings.from_env(home=home, database_url=database_url, images_source=api or None,
+                                 pool_size=pool, host_name=host_name)
+    if settings.live_log_push_s <= 0:
+        settings.live_log_push_s = 1.0  # the API is elsewhere: it reads running logs from the database
+    if api and not settings.network_api_upstream:
+        parts = urllib.parse.urlsplit(api)
+        if parts.hostname:
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            settings.network_api_upstream = f"{host}:{port}"
+    return settings
+
+
+def worker_host(database_url: str, api: str, home: str | Path, pool: int | None = None,
+                host_name: str | None = None) -> None:
+    """`lightabaco workers --database-url URL --api URL --home DIR [--pool N]`: join the pool of the
+    deployment whose database is `database_url`, until SIGTERM (which drains)."""
+    serve(worker_host_settings(database_url, api, home, pool, host_name), api=False, workers=True,
+          host_only=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ def display(services: Any, identity: Identity | None, actor: Actor, row: Executi
         "finish_time": display_time_or_null(row.finish_time),
         "runtime": row.runtime, "cpu": row.cpu, "io": row.io, "exit_code": row.exit_code,
         "final_state": row.final_state, "_links": _links(base, actor, row),
+        "host": row.host,  # lightabaco: which host's pool ran it (worker hosts, issue 12)
     }
     if row.status_message:
         out["status_message"] = row.status_message

@@ -28,7 +28,7 @@ def display(row: Worker) -> dict[str, Any]:
     return {
         "id": row.id, "tenant": row.tenant, "status": row.status, "image": row.image,
         "location": row.location, "cid": row.cid, "ch_name": row.ch_name, "host_id": row.host_id,
-        "host_ip": row.host_ip, "create_time": display_time(row.create_time),
+        "host_ip": row.host_ip, "host": row.host_id, "create_time": display_time(row.create_time),
         "last_execution_time": display_time(row.last_execution_time),
         "last_health_check_time": display_time(row.last_health_check_time),
     }

@@ -256,6 +256,15 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
+    if args.actor is None:
+        if not args.database_url:
+            print("lightabaco workers: give an actor (to list its workers), or --database-url URL --api URL "
+                  "--home DIR to run this machine as a worker host.", file=args.err)
+            return EXIT_USAGE
+        from lightabaco.server import worker_host
+
+        worker_host(args.database_url, args.api or "", args.home, args.pool, args.host_name)
+        return EXIT_OK
     client = _client(args)
     if args.add:
         # The API's `num` is the total wanted (Abaco semantics); --add means "this many more".
@@ -438,9 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("execution", help="execution id")
     p.add_argument("--all", action="store_true", help="every remaining result")
     p.add_argument("--output", "-o", help="write the bytes to a file")
-    p = verb("workers", cmd_workers, "an actor's workers (--add N starts more)")
-    p.add_argument("actor", help=ACTOR_HELP)
+    p = verb("workers", cmd_workers, "an actor's workers (--add N starts more); without an actor and with "
+             "--database-url: run this machine as a worker host")
+    p.add_argument("actor", nargs="?", help=ACTOR_HELP)
     p.add_argument("--add", type=int, metavar="N", help="start N more workers")
+    p.add_argument("--database-url", metavar="URL",
+                   help="worker host: the deployment's shared database (postgresql://...)")
+    p.add_argument("--api", metavar="URL", help="worker host: the API server it belongs to (images come from there)")
+    p.add_argument("--pool", type=int, metavar="N", help="worker host: runner processes (default: the cores, min 2)")
+    p.add_argument("--host-name", metavar="NAME",
+                   help="worker host: the name recorded on what it runs (default: this machine's name)")
     p = verb("state", cmd_state, "a stateful actor's state (--set JSON replaces it)")
     p.add_argument("actor", help=ACTOR_HELP)
     p.add_argument("--set", metavar="JSON", help="replace the state with this JSON (or plain string)")

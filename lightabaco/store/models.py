@@ -122,6 +122,7 @@ class Execution(BaseModel):
     live_log_path = peewee.TextField(null=True)  # readable while RUNNING
     attempts = peewee.IntegerField(default=0)
     status_message = peewee.TextField(default="")  # why an execution ended in ERROR
+    host = peewee.CharField(null=True)  # the host whose pool ran it (settings.host_id())
 
     class Meta:
         # The per-sender queue cap counts unfinished executions by (tenant, executor, status).

@@ -1,30 +1,42 @@
-"""The Notifier used by a running server: doorbell rings to workers, the supervisor and API processes."""
+"""The Notifier used by a running server: doorbell rings to the pool, the supervisor and API processes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from lightabaco.abaco.doorbell import Ringer
-from lightabaco.store.models import Worker
 
 SUPERVISOR = "sup"
 
 
 def worker_name(worker_id: str) -> str:
+    """A worker slot's doorbell, listened to by the pool process running an execution in that slot
+    (force quit, stop)."""
     return f"w-{worker_id}"
 
 
+def pool_name(slot: int) -> str:
+    """The doorbell of pool process number `slot`."""
+    return f"pool-{slot}"
+
+
 class DoorbellNotifier:
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, pool: int = 0) -> None:
         self.ringer = Ringer(home)
+        self.pool = pool  # runner processes of this host's pool (0: ring the supervisor instead)
 
     def wake_actor(self, actor_dbid: str) -> None:
-        """Ring the actor's idle workers; busy ones look at the mailbox again when they finish."""
-        q = Worker.select(Worker.id).where((Worker.actor_dbid == actor_dbid) & (Worker.status == "READY"))
-        for row in q:
-            self.ringer.ring(worker_name(row.id), b"m")
+        """A message arrived: ring the pool (any free process may take it; busy ones look at the
+        mailbox again when they finish). Other hosts hear of it through the database (PostgreSQL)."""
+        for slot in range(self.pool):
+            self.ringer.ring(pool_name(slot), b"m")
 
     def wake_worker(self, worker_id: str, payload: bytes = b"w") -> None:
+        if payload == b"m":
+            # "A message for this worker": a READY slot has no process of its own; any free pool
+            # process may take the message, so the pool is rung instead.
+            self.wake_actor("")
+            return
         self.ringer.ring(worker_name(worker_id), payload)
 
     def wake_supervisor(self) -> None:

@@ -182,12 +182,17 @@ class Runner:
 
     def supervise(self, execution: Any, claimed: Claimed, exec_dbid: str) -> ExecResult:
         lease_every = max(self.settings.lease_s / 3.0, 0.5)
-        last_renew = last_check = time.monotonic()
+        last_renew = last_check = last_push = time.monotonic()
+        push_every = self.settings.live_log_push_s
+        pushed_size = -1
         killed = False
         while True:
             result = execution.wait(0.25)
             if result is not None:
                 return result
+            if push_every > 0 and time.monotonic() - last_push >= push_every:
+                last_push = time.monotonic()
+                pushed_size = self.push_live_log(claimed, exec_dbid, pushed_size)
             rings = self.bell.drain()
             if b"stop" in rings:
                 self.stop_requested = True  # finish this execution first, then exit
@@ -202,6 +207,27 @@ class Runner:
                 last_renew = now
                 if not mailbox.renew(claimed.id, self.worker_id, self.settings.lease_s):
                     log.warning("lease on message %s was lost while running", claimed.id)
+
+    def push_live_log(self, claimed: Claimed, exec_dbid: str, pushed_size: int) -> int:
+        """Copy the running execution's log into the database when it grew, so that the API reads it
+        wherever the execution runs (worker hosts). Returns the size copied."""
+        path = self.log_dir / f"{claimed.execution_id}.log"
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return pushed_size
+        if size == pushed_size:
+            return pushed_size
+        text, _ = read_log(path, self.settings.max_log_bytes, False)
+        actor_dbid = exec_dbid[: -len(claimed.execution_id) - 1]
+        try:
+            Log.insert(execution_dbid=exec_dbid, actor_dbid=actor_dbid, text=text, truncated=False,
+                       expires=None).on_conflict(conflict_target=[Log.execution_dbid],
+                                                 update={Log.text: text}).execute()
+        except Exception as exc:  # a busy database delays the copy; the final log is written anyway
+            log.debug("live log of %s not copied: %s", exec_dbid, exc)
+            return pushed_size
+        return size
 
     # -- recording -----------------------------------------------------------------------------
 
@@ -226,8 +252,8 @@ class Runner:
             text = with_reason_line(text, quota_note)
         exec_dbid = f"{actor.dbid}_{claimed.execution_id}"
         with write_tx():
-            if claimed.attempts > 1:  # a re-run replaces the log of the interrupted run
-                Log.delete().where(Log.execution_dbid == exec_dbid).execute()
+            # A re-run replaces the log of the interrupted run; the final log replaces live copies.
+            Log.delete().where(Log.execution_dbid == exec_dbid).execute()
             fast.insert(Log, execution_dbid=exec_dbid, actor_dbid=actor.dbid, text=text,
                         truncated=truncated, expires=expires)
             fast.update(

@@ -1,12 +1,16 @@
-"""A worker process: bound to one actor revision, it prepares the image, then claims and runs that
-actor's messages one at a time until it is told to stop (spec §4.5, §5.2).
+"""A runner process of the shared pool (issue 9): it serves every actor. It claims the oldest message of
+any actor with a free worker slot (workers/claims.py), prepares that actor revision's image (a few
+are kept ready), runs the execution in a sandbox and records it (runner.py), then claims again.
 
-    python -m lightabaco.workers.worker --home DIR --worker-id W --actor TENANT_ID --revision N
+    python -m lightabaco.workers.worker --home DIR --pool-slot N
 
 Settings come from the LIGHTABACO_* environment the supervisor passes. The process ties itself to
 its supervisor before anything else (workers/lineage.py: PR_SET_PDEATHSIG, then a parent check, and
-the check again every loop), so a killed server never leaves workers behind; its leased message then
-returns to the queue at the next start.
+the check again every loop), so a killed server never leaves runners behind; its leased message then
+returns to the queue (the supervisor frees the slot, or the lease expires).
+
+Its doorbell is `pool-N` (new messages); while it runs an execution it also listens on the slot's
+doorbell `w-<worker id>`, where force-quit rings arrive.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ if __name__ == "__main__":  # first, before the slow imports: see lineage.py
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +38,19 @@ from lightabaco.sandbox.errors import ImageNotFound
 from lightabaco.store import db
 from lightabaco.store.db import write_tx
 from lightabaco.store.models import Actor, Worker
-from lightabaco.workers.notify import DoorbellNotifier, worker_name
-from lightabaco.workers.runner import Runner, StartFailure, claim_next
+from lightabaco.store import notify as db_notify
+from lightabaco.workers import claims
+from lightabaco.workers.notify import DoorbellNotifier, pool_name, worker_name
+from lightabaco.workers.runner import Runner, StartFailure
 
 log = logging.getLogger("lightabaco.worker")
 
 EXIT_OK = 0
 EXIT_IMAGE = 3  # the actor's image could not be prepared: the actor is in ERROR, do not restart
 EXIT_BACKEND = 4  # no usable sandbox backend on this host
-EXIT_NEED_PULL = 5  # the image is not in the store: the supervisor pulls it (outside worker slots), then restarts us
+EXIT_NEED_PULL = 5  # (no longer used: pool processes give back messages whose image is missing)
 MAX_START_FAILURES = 5  # consecutive sandbox start failures before the actor goes to ERROR
-HEARTBEAT_S = 10.0
 IDLE_WAIT_S = 1.0
-STOP_CHECK_S = 0.5
 
 
 def die_with_parent() -> None:
@@ -72,155 +76,140 @@ def image_error(services: Services, actor: Actor, revision: int, worker_id: str,
                 "import` or fix the name, then PUT the actor with force=true.")
 
 
-class WorkerProcess:
-    def __init__(self, services: Services, worker_id: str, actor_dbid: str, revision: int) -> None:
+class NoBell:
+    """Stands in for a slot's doorbell that could not be bound (another local process still closes it):
+    force quit is then seen by the once-a-second database check."""
+
+    def drain(self) -> list[bytes]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+IMAGE_CACHE = 4  # prepared images kept per process (one per actor revision)
+SKIP_S = 30.0  # an actor whose image this host cannot get is left to other hosts for this long
+
+
+class PoolProcess:
+    def __init__(self, services: Services, slot: int) -> None:
         self.services = services
         self.settings = services.settings
-        self.worker_id = worker_id
-        self.actor_dbid = actor_dbid
-        self.revision = revision
+        self.slot = slot
+        self.host = self.settings.host_id()
         self.stopping = False
-        self.keep_row = False
         self.log_dir = self.settings.exec_dir / "logs"
+        self.images: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self.skip: dict[str, float] = {}  # actor dbid -> monotonic time until which we leave it alone
+        self.failures: dict[str, int] = {}  # consecutive sandbox start failures per actor
 
-    def set_status(self, status: str, **extra: Any) -> None:
-        """Move through the start-up statuses, never over a stop request written meanwhile."""
-        Worker.update(status=status, **extra).where(
-            (Worker.id == self.worker_id)
-            & ~Worker.status.in_(["SHUTDOWN_REQUESTED", "SHUTTING_DOWN"])).execute()
-
-    def should_stop(self) -> bool:
-        if self.stopping:
-            return True
-        row = Worker.select(Worker.status).where(Worker.id == self.worker_id).first()
-        if row is None or row.status in ("SHUTDOWN_REQUESTED", "SHUTTING_DOWN"):
-            return True
-        actor = Actor.select(Actor.revision, Actor.status).where(Actor.dbid == self.actor_dbid).first()
-        return actor is None or actor.revision != self.revision or actor.status == "SHUTTING_DOWN"
-
-    def prepare(self) -> Any:
-        """Image and backend; on failure the actor goes to ERROR with the reason (spec §5.10)."""
-        actor = Actor.get_or_none(Actor.dbid == self.actor_dbid)
-        if actor is None:
-            return None
-        self.set_status("CREATING CONTAINER", pid=os.getpid(), cid=str(os.getpid()),
-                        last_health_check_time=time.time())
-        # Workers never pull: a pull would hold an execution slot for as long as a registry likes. The
-        # supervisor pulls in a separate, bounded pool first (workers/puller.py); an image that went
-        # missing since then sends this worker back to it.
+    def check_backend(self) -> None:
         try:
-            image = self.services.images.get(actor.image)
-        except ImageNotFound:
-            log.info("image %s is not in the store; asking the supervisor to pull it", actor.image)
-            self.keep_row = True  # the supervisor reads our row to know which actor to restart
-            raise SystemExit(EXIT_NEED_PULL)
-        except Exception as exc:
-            image_error(self.services, actor, self.revision, self.worker_id, exc)
-            raise SystemExit(EXIT_IMAGE)
-        image_tags.record_digest(self.actor_dbid, self.revision, image.config_digest)
-        self.set_status("CREATING CONTAINER")
-        try:
-            backend = self.services.backend
-            probe = getattr(backend, "require_usable", None)
+            probe = getattr(self.services.backend, "require_usable", None)
             if probe is not None:
                 probe()
         except Exception as exc:
             log.error("no usable sandbox backend: %s", exc)
-            self.set_status("ERROR", status_message=str(exc))
-            self.keep_row = True  # the supervisor reads the reason from it
             raise SystemExit(EXIT_BACKEND)
-        self.set_status("CREATING CONTAINER", location=f"local://{getattr(backend, 'name', 'sandbox')}")
+
+    def image_for(self, actor: Actor) -> Any:
+        """The prepared image of this actor revision; None when this host does not have it."""
+        key = (actor.dbid, actor.revision)
+        image = self.images.get(key)
+        if image is not None:
+            self.images.move_to_end(key)
+            return image
+        try:
+            image = self.services.images.get(actor.image)
+        except ImageNotFound:
+            from lightabaco.workers import imagesource
+
+            image = imagesource.fetch_missing(self.services, actor.image)
+            if image is None:
+                return None
+        image_tags.record_digest(actor.dbid, actor.revision, image.config_digest)
+        self.images[key] = image
+        while len(self.images) > IMAGE_CACHE:
+            self.images.popitem(last=False)
         return image
 
-    def actor_error(self, actor: Actor, message: str) -> None:
-        actor_error(self.services, actor, self.revision, self.worker_id, message)
+    def skipped(self) -> set[str]:
+        now = time.monotonic()
+        for dbid in [d for d, until in self.skip.items() if until <= now]:
+            del self.skip[dbid]
+        return set(self.skip)
 
-    def become_ready(self) -> None:
-        now = time.time()
-        with write_tx():
-            Worker.update(status="READY", last_health_check_time=now).where(
-                (Worker.id == self.worker_id)
-                & ~Worker.status.in_(["SHUTDOWN_REQUESTED", "SHUTTING_DOWN"])).execute()
-            became = Actor.update(status="READY", status_message=" ").where(
-                (Actor.dbid == self.actor_dbid) & (Actor.revision == self.revision)
-                & (Actor.status != "READY") & (Actor.status != "SHUTTING_DOWN")).execute()
-        if became:
-            actor = Actor.get_or_none(Actor.dbid == self.actor_dbid)
-            if actor is not None:
-                signals.emit(self.services, actor, signals.ACTOR_READY, status_message=" ")
+    def run_one(self, claimed: Any, actor: Actor, slot_id: str) -> None:
+        try:
+            image = self.image_for(actor)
+        except Exception as exc:  # a broken image: the actor goes to ERROR; its messages wait
+            claims.give_back(claimed, actor.dbid, slot_id)
+            image_error(self.services, actor, actor.revision, slot_id, exc)
+            return
+        if image is None:
+            log.info("image %s of %s is not on this host; leaving it to others for %.0f s", actor.image,
+                     actor.dbid, SKIP_S)
+            claims.give_back(claimed, actor.dbid, slot_id)
+            self.skip[actor.dbid] = time.monotonic() + SKIP_S
+            if not self.settings.images_source:
+                # One machine: the supervisor pulls it (outside the pool) and frees the slots again.
+                Worker.update(status="REQUESTED").where(
+                    (Worker.actor_dbid == actor.dbid) & (Worker.status == "READY")).execute()
+                self.services.notifier.wake_supervisor()
+            return
+        try:
+            bell: Any = Doorbell(self.settings.home, worker_name(slot_id))
+        except OSError:
+            bell = NoBell()
+        try:
+            runner = Runner(self.services, slot_id, image, bell, self.log_dir)
+            runner.execute(claimed, actor)
+            self.failures.pop(actor.dbid, None)
+        except StartFailure as exc:
+            failures = self.failures[actor.dbid] = self.failures.get(actor.dbid, 0) + 1
+            if failures > MAX_START_FAILURES:
+                self.failures.pop(actor.dbid, None)
+                actor_error(self.services, actor, actor.revision, slot_id,
+                            f"The sandbox failed to start {failures} times in a row; last error: {exc}. "
+                            "Check `lightabaco doctor`, then PUT the actor with force=true.")
+            time.sleep(min(0.2 * failures, 2.0))
+        finally:
+            bell.close()
 
     def run(self) -> int:
-        bell = Doorbell(self.settings.home, worker_name(self.worker_id))
+        bell = Doorbell(self.settings.home, pool_name(self.slot))
+        bell.wake_on(db_notify.MESSAGES)  # PostgreSQL: messages sent through an API on another host
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.check_backend()
         try:
-            image = self.prepare()
-            if image is None:
-                return EXIT_OK
-            self.become_ready()
-            runner = Runner(self.services, self.worker_id, image, bell, self.log_dir)
-            failures = 0
-            busy = False
-            last_beat = last_check = time.monotonic()
             while not self.stopping:
                 if not lineage.parent_alive():  # the supervisor is gone: never run on as an orphan
                     log.error("the supervisor is gone; exiting")
                     return EXIT_OK
-                rings = bell.drain()
-                if b"stop" in rings or runner.stop_requested:
+                if b"stop" in bell.drain():
                     break
-                # The claim itself refuses work for a stale revision or a deleted actor. The full check
-                # (our own row asked to stop, in case a ring was lost) runs every STOP_CHECK_S while
-                # busy, and after each quiet second while idle - never on the wake-up path.
-                if busy and time.monotonic() - last_check >= STOP_CHECK_S:
-                    last_check = time.monotonic()
-                    busy = False
-                    if self.should_stop():
-                        break
-                got = claim_next(self.worker_id, self.actor_dbid, self.revision, self.settings.lease_s,
-                                 self.log_dir)
+                got = claims.claim_any(self.host, self.settings.lease_s, self.log_dir, self.skipped())
                 if got is not None:
-                    busy = True
-                    try:
-                        runner.execute(*got)
-                        failures = 0
-                    except StartFailure as exc:
-                        failures += 1
-                        if failures > MAX_START_FAILURES:
-                            self.actor_error(got[1], f"The sandbox failed to start {failures} times in a "
-                                             f"row; last error: {exc}. Check `lightabaco doctor`, then "
-                                             "PUT the actor with force=true.")
-                            return EXIT_OK
-                        time.sleep(min(0.2 * failures, 2.0))
+                    self.run_one(*got)
                     continue
-                if time.monotonic() - last_beat >= HEARTBEAT_S:
-                    last_beat = time.monotonic()
-                    Worker.update(last_health_check_time=time.time()).where(
-                        Worker.id == self.worker_id).execute()
-                rings = bell.wait(IDLE_WAIT_S)
-                if b"stop" in rings:
-                    break
-                if not rings and self.should_stop():  # a quiet second: are we stale or asked to stop?
+                if b"stop" in bell.wait(IDLE_WAIT_S):
                     break
             return EXIT_OK
         finally:
-            if not self.keep_row:
-                Worker.delete().where(Worker.id == self.worker_id).execute()
             bell.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightabaco.workers.worker")
     parser.add_argument("--home", required=True)
-    parser.add_argument("--worker-id", required=True)
-    parser.add_argument("--actor", required=True, help="actor dbid, {tenant}_{id}")
-    parser.add_argument("--revision", type=int, required=True)
+    parser.add_argument("--pool-slot", type=int, required=True, help="this process's number in the pool")
     args = parser.parse_args(argv)
     die_with_parent()
     settings = Settings.from_env(home=Path(args.home))
     logging.basicConfig(level=settings.log_level.upper(),
-                        format=f"%(asctime)s worker {args.worker_id} %(levelname)s %(message)s")
-    # SIGTERM = stop after the current execution (the supervisor's warm stop).
-    proc: WorkerProcess | None = None
+                        format=f"%(asctime)s pool-{args.pool_slot} %(levelname)s %(message)s")
+    # SIGTERM = stop after the current execution (the supervisor's warm stop, and the drain).
+    proc: PoolProcess | None = None
 
     def on_term(signum: int, frame: Any) -> None:
         if proc is not None:
@@ -229,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     db.connect(settings, create=False)
-    services = Services(settings, notifier=DoorbellNotifier(settings.home))
-    subscribe_automation()  # this process emits ACTOR_READY/ERROR and EXECUTION_COMPLETE
-    proc = WorkerProcess(services, args.worker_id, args.actor, args.revision)
+    services = Services(settings, notifier=DoorbellNotifier(settings.home, settings.pool_processes()))
+    subscribe_automation()  # this process emits ACTOR_ERROR and EXECUTION_COMPLETE
+    proc = PoolProcess(services, args.pool_slot)
     try:
         return proc.run()
     except SystemExit as exc:

@@ -160,6 +160,7 @@ def test_housekeeping_expires_logs_and_results(service_env):
     Log.insert(execution_dbid="DEV_a_e3", actor_dbid="DEV_a", text="forever", expires=None).execute()
     Result.insert(execution_dbid="DEV_a_e1", data=b"old", created=now - 3601).execute()
     Result.insert(execution_dbid="DEV_a_e1", data=b"new", created=now - 10).execute()
-    assert housekeeping.run(s, now=now) == {"logs": 1, "results": 1, "stray_logs": 0}
+    assert housekeeping.run(s, now=now) == {"logs": 1, "results": 1, "stray_logs": 0, "executions": 0,
+                                            "scratch": 0}
     assert sorted(l.text for l in Log.select()) == ["forever", "fresh"]
     assert [bytes(r.data) for r in Result.select()] == [b"new"]

@@ -172,15 +172,28 @@ def test_supervisor_without_a_backend_explains_instead_of_spawning(service_env):
     from lightabaco.workers.supervisor import Supervisor
     from lightabaco.workers.worker import EXIT_BACKEND
 
+    class NoBackend:
+        name = "bwrap"
+
+        def require_usable(self) -> None:
+            raise RuntimeError("bwrap: user namespaces are disabled")
+
     s, admin, a, row, worker = setup_actor(service_env)
-    # A worker reports the unusable backend on its row, then exits with EXIT_BACKEND.
-    Worker.update(status="ERROR", status_message="bwrap: user namespaces are disabled").execute()
+    Worker.update(status="REQUESTED").execute()  # a slot still waiting for its image check
+    s._backend = NoBackend()
     sup = Supervisor(s)
-    sup._reaped(worker.id, EXIT_BACKEND)
-    messages.send_message(s, admin, a["id"], "hi", messages.STR, {})  # requests a new worker
+
+    class Dead:  # a pool process that found no backend and exited
+        pid = 999999
+
+        def poll(self) -> int:
+            return EXIT_BACKEND
+
+    sup.procs[0] = Dead()  # type: ignore[assignment]
     sup.reconcile()
     assert "user namespaces are disabled" in sup.backend_error
-    assert sup.procs == {} and Worker.get().status == "REQUESTED"
+    assert sup.procs == {}, "a pool process was started although no backend works"
+    assert Worker.get().status == "REQUESTED"
     actor = Actor.get()
     assert "No sandbox backend can run executions" in actor.status_message
     assert actor.status == "SUBMITTED"  # not the actor's fault
