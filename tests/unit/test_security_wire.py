@@ -156,3 +156,37 @@ def test_the_workers_verb_takes_the_database_url_from_the_environment_only_with_
     assert main(["workers", "--api", "http://api:8000", "--home", str(tmp_path), "--pool", "1"]) == 0
     assert started[0].database_url == "postgresql://db/from-env" and started[0].images_source == "http://api:8000"
     assert "worker-token" in capsys.readouterr().err, "a missing credential is reported at start"
+
+
+def test_a_new_message_rings_the_pool_once_not_each_idle_slot(service_env) -> None:
+    from lightabaco.abaco import messages
+    from lightabaco.abaco import workers as records
+    from lightabaco.store.models import Worker
+
+    s, admin = service_env.services, service_env.admin()
+    a = actors.create_actor(s, admin, {"image": "img", "name": "rung", "max_workers": 3})
+    row = Actor.get(Actor.id == a["id"])
+    records.request_worker(s, row)
+    records.request_worker(s, row)
+    Worker.update(status="READY").where(Worker.actor_dbid == row.dbid).execute()
+    assert Worker.select().where(Worker.actor_dbid == row.dbid).count() == 3
+    s.notifier.calls.clear()
+    messages.send_message(s, admin, a["id"], "hello", messages.STR, {})
+    assert s.notifier.calls == [("actor", row.dbid)], s.notifier.calls
+    # every slot BUSY: nobody is rung (the busy pool processes look at the mailbox when they finish)
+    Worker.update(status="BUSY").where(Worker.actor_dbid == row.dbid).execute()
+    s.notifier.calls.clear()
+    messages.send_message(s, admin, a["id"], "again", messages.STR, {})
+    assert s.notifier.calls == []
+
+
+def test_the_doorbell_notifier_rings_slots_only_for_control(tmp_path: Path) -> None:
+    from lightabaco.workers.notify import DoorbellNotifier
+
+    rung = []
+    n = DoorbellNotifier(tmp_path, pool=2)
+    n.ringer = types.SimpleNamespace(ring=lambda name, payload: rung.append((name, payload)))
+    n.wake_actor("x")
+    n.wake_worker("W1", b"kill")
+    n.wake_worker("W2", b"m")  # no conversion shim any more: a slot's bell gets what it is sent
+    assert rung == [("pool-0", b"m"), ("pool-1", b"m"), ("w-W1", b"kill"), ("w-W2", b"m")]
