@@ -259,14 +259,22 @@ def serve(settings: Settings, api: bool = True, workers: bool = True, host_only:
         db.close()
 
 
-def worker_host_settings(database_url: str, api: str, home: str | Path, pool: int | None = None,
+def worker_host_settings(database_url: str | None, api: str, home: str | Path | None, pool: int | None = None,
                          host_name: str | None = None) -> Settings:
-    """Settings of a worker host: the shared database, the API it belongs to (images come from there,
-    and `api`-network sandboxes reach it), its own home and pool, live logs copied into the database."""
+    """Settings of a worker host: the shared database (None: LIGHTABACO_DATABASE_URL), the API it belongs
+    to (images come from there, and `api`-network sandboxes reach it), its own home and pool, live logs
+    copied into the database. In a Slurm job the default host name says the node and the job id, so each
+    execution's `host` records where it ran (`node07 (Slurm job 4242)`)."""
     import urllib.parse
+
+    from lightabaco.slurm.identity import describe, host_identity
 
     settings = Settings.from_env(home=home, database_url=database_url, images_source=api or None,
                                  pool_size=pool, host_name=host_name)
+    if not settings.host_name:
+        identity = host_identity()
+        if identity["slurm_job_id"]:
+            settings.host_name = describe(identity)
     if settings.live_log_push_s <= 0:
         settings.live_log_push_s = 1.0  # the API is elsewhere: it reads running logs from the database
     if api and not settings.network_api_upstream:
@@ -278,11 +286,12 @@ def worker_host_settings(database_url: str, api: str, home: str | Path, pool: in
     return settings
 
 
-def worker_host(database_url: str, api: str, home: str | Path, pool: int | None = None,
-                host_name: str | None = None) -> None:
+def worker_host(database_url: str | None, api: str, home: str | Path | None, pool: int | None = None,
+                host_name: str | None = None, settings: Settings | None = None) -> None:
     """`lightabaco workers --database-url URL --api URL --home DIR [--pool N]`: join the pool of the
-    deployment whose database is `database_url`, until SIGTERM (which drains)."""
-    serve(worker_host_settings(database_url, api, home, pool, host_name), api=False, workers=True,
+    deployment whose database is `database_url`, until SIGTERM (which drains). `settings`: already made
+    by `worker_host_settings` (the CLI checks them first)."""
+    serve(settings or worker_host_settings(database_url, api, home, pool, host_name), api=False, workers=True,
           host_only=True)
 
 

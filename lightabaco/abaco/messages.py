@@ -99,10 +99,8 @@ def enqueue_for_actor(services: Any, identity: Identity | None, actor: Any, payl
             need_worker = True
     if need_worker:
         workers.wake(services)
-    else:  # ring the idle workers; busy ones look at the mailbox again when they finish
-        for wid, status in statuses:
-            if status == "READY":
-                services.notifier.wake_worker(wid, b"m")
+    elif any(status == "READY" for _wid, status in statuses):  # a free slot: ring the pool (busy slots look again when they finish)
+        services.notifier.wake_actor(actor.dbid)
     shown = "binary - omitted" if content_type == BINARY else payload
     result = {"execution_id": execution_id, "msg": shown,
               "_links": links(services, identity, actor, execution_id) if identity else {}}

@@ -257,13 +257,28 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     if args.actor is None:
-        if not args.database_url:
+        # The database URL may come from LIGHTABACO_DATABASE_URL instead of the command line, so its
+        # password need not appear in /proc/*/cmdline (readable by every user of the node): Slurm pilots
+        # start worker hosts that way.
+        database_url = args.database_url or (os.environ.get("LIGHTABACO_DATABASE_URL", "").strip()
+                                             if args.api else "")
+        if not database_url:
             print("lightabaco workers: give an actor (to list its workers), or --database-url URL --api URL "
                   "--home DIR to run this machine as a worker host.", file=args.err)
             return EXIT_USAGE
-        from lightabaco.server import worker_host
+        from lightabaco.images import credential
+        from lightabaco.server import worker_host, worker_host_settings
 
-        worker_host(args.database_url, args.api or "", args.home, args.pool, args.host_name)
+        settings = worker_host_settings(database_url, args.api or "", args.home, args.pool, args.host_name)
+        if settings.images_source:
+            try:
+                credential.load(settings)
+            except (OSError, ValueError) as exc:
+                print(f"lightabaco workers: warning: no usable worker credential ({exc}); this host runs only "
+                      f"the images already in its store. To fetch the others from {settings.images_source}, "
+                      f"copy the API server's <home>/worker-token to {credential.path_of(settings)} (or set "
+                      "LIGHTABACO_WORKER_TOKEN_FILE).", file=args.err)
+        worker_host(database_url, args.api or "", args.home, settings=settings)
         return EXIT_OK
     client = _client(args)
     if args.add:
@@ -452,8 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("actor", nargs="?", help=ACTOR_HELP)
     p.add_argument("--add", type=int, metavar="N", help="start N more workers")
     p.add_argument("--database-url", metavar="URL",
-                   help="worker host: the deployment's shared database (postgresql://...)")
-    p.add_argument("--api", metavar="URL", help="worker host: the API server it belongs to (images come from there)")
+                   help="worker host: the deployment's shared database (postgresql://...; with --api, "
+                   "LIGHTABACO_DATABASE_URL when omitted)")
+    p.add_argument("--api", metavar="URL", help="worker host: the API server it belongs to (images come from "
+                   "its /v2/ with the worker credential: <home>/worker-token or LIGHTABACO_WORKER_TOKEN_FILE)")
     p.add_argument("--pool", type=int, metavar="N", help="worker host: runner processes (default: the cores, min 2)")
     p.add_argument("--host-name", metavar="NAME",
                    help="worker host: the name recorded on what it runs (default: this machine's name)")

@@ -5,7 +5,7 @@ without any external registry (issue 12).
     GET|HEAD /v2/<name>/manifests/<tag or digest>    a named image's manifest (or index)
     GET|HEAD /v2/<name>/blobs/<digest>               a config or layer, streamed
 
-Only the worker credential opens it (lightabaco/sharing/worker_credential.py), as HTTP basic auth (any
+Only the worker credential opens it (lightabaco/images/credential.py), as HTTP basic auth (any
 user name) or `Authorization: Bearer <credential>`: user tokens - even the owner's - are refused, because
 images may hold other users' secrets and a user has no business reading images that are not theirs.
 Nothing can be written. Clients verify every digest (lightabaco/images/distribution.py does).
@@ -26,7 +26,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lightabaco.sharing import worker_credential
+from lightabaco.images import credential as worker_credential
 
 PREFIX = "/v2"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -139,7 +139,7 @@ class ImageDistribution:
 
 def _image_error(exc: BaseException) -> bool:
     """The image store's ImageError family (not found, bad name). Recognised by class name because the
-    HTTP edge does not import the sandbox/images layers (docs/architecture.md)."""
+    HTTP edge imports nothing of the images layer but its credential (docs/architecture.md)."""
     return any(c.__name__ == "ImageError" for c in type(exc).__mro__)
 
 

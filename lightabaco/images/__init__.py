@@ -10,7 +10,9 @@ Long operations take `progress(event, done, total, detail)`; events are "pull" (
 "unpack" (compressed bytes read) and "import" (images done); `total` may be None.
 
 Modules: `reference` (Docker reference parsing), `oci` (reading layouts and archives, platforms,
-image configs), `unpack` (the safe unpacker), `registry` (distribution API v2 client), `store`.
+image configs), `unpack` (the safe unpacker), `registry` (distribution API v2 client), `store`;
+`credential` (the worker credential of the store's `/v2/` endpoint), `distribution` (pull from a
+lightabaco API server's `/v2/`), `remote` (a worker host's fetch of an image it lacks).
 
 May import: the standard library, zstandard and lightabaco.sandbox (types, errors, fsutil, safepath) only:
 like the sandbox, a library usable on its own.

@@ -161,10 +161,10 @@ def visible_actor_dbids(services: Any, identity: Identity) -> set[str]:
     prefix = f"{identity.tenant}_"
     rows = (Permission.select(Permission.object_key, Permission.username, Permission.level)
             .where((Permission.kind == ACTOR) & (Permission.object_key.startswith(prefix))
-                   & (Permission.username << [identity.username, WORLD])))
+                   & (Permission.username << [identity.username, WORLD])).tuples())  # no model per row
     best: dict[str, int] = {}
-    for r in rows:
-        best[r.object_key] = max(best.get(r.object_key, NONE), r.level)
+    for key, _user, level in rows:
+        best[key] = max(best.get(key, NONE), level)
     return {k for k, v in best.items() if v >= READ}
 
 

@@ -61,7 +61,7 @@ class PilotConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "PilotConfig":
-        from lightabaco.sharing import worker_credential
+        from lightabaco.images import credential as worker_credential
 
         home = Path(settings.home)
         api = settings.slurm_api_url or settings.public_url

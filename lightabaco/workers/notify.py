@@ -32,11 +32,8 @@ class DoorbellNotifier:
             self.ringer.ring(pool_name(slot), b"m")
 
     def wake_worker(self, worker_id: str, payload: bytes = b"w") -> None:
-        if payload == b"m":
-            # "A message for this worker": a READY slot has no process of its own; any free pool
-            # process may take the message, so the pool is rung instead.
-            self.wake_actor("")
-            return
+        """A control ring (stop, kill) for the pool process running in that slot; new messages ring the
+        pool with `wake_actor`."""
         self.ringer.ring(worker_name(worker_id), payload)
 
     def wake_supervisor(self) -> None:

@@ -372,12 +372,14 @@ class Supervisor:
                 Worker.delete().where(Worker.dbid == row.dbid).execute()
                 continue
             image = self._local_image(actor.image)
-            if image is None and self.settings.images_source:
-                # A worker host: from the API's store through the hook, else the slot is left to the
-                # API host's supervisor (which pulls it there).
+            stale = image is not None and bool(actor.image_digest) and image.config_digest != actor.image_digest
+            if (image is None or stale) and self.settings.images_source:
+                # A worker host: from the API's store through the hook (also when its own copy of the tag
+                # is older than the revision's image), else the slot is left to the API host's supervisor
+                # (which pulls it there).
                 from lightabaco.workers import imagesource
 
-                image = imagesource.fetch_missing(self.services, actor.image)
+                image = imagesource.fetch_missing(self.services, actor.image, actor.image_digest)
             if image is not None:
                 self._make_ready(row, actor, image)
             elif not self.settings.images_source:

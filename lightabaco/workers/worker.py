@@ -122,9 +122,14 @@ class PoolProcess:
         try:
             image = self.services.images.get(actor.image)
         except ImageNotFound:
+            image = None
+        # A worker host's own copy of a tag can be older than the revision's image (the tag moved on the
+        # API server): fetch the revision's image rather than run (and record) the old one.
+        stale = image is not None and bool(actor.image_digest) and image.config_digest != actor.image_digest
+        if image is None or (stale and self.settings.images_source):
             from lightabaco.workers import imagesource
 
-            image = imagesource.fetch_missing(self.services, actor.image)
+            image = imagesource.fetch_missing(self.services, actor.image, actor.image_digest)
             if image is None:
                 return None
         image_tags.record_digest(actor.dbid, actor.revision, image.config_digest)

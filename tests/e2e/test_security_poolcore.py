@@ -4,8 +4,10 @@
   is evicted to make room), and messages to all of them complete on a pool of a few processes.
 - Fresh copies of what Abaco's v2/v3 worker tests check: list workers at default settings, add workers
   (num=N), delete a worker, statuses READY/BUSY.
-- Two worker hosts (`lightabaco workers --database-url ... --api ... --home ...`, separate homes, one
-  PostgreSQL database) share a burst with the API server's own pool; SIGKILL of one host's process group
+- Worker hosts (`lightabaco workers --database-url ... --api ... --home ...`, separate homes, one
+  PostgreSQL database) share a burst with the API server's own pool; one starts with an empty image store
+  and fetches the actor's image from the API's /v2/ with the copied worker credential, one with a forged
+  credential runs nothing; SIGKILL of one host's process group
   mid-burst loses nothing (its leases expire and its messages run elsewhere), the executions and the
   workers list say which host ran what, and the live log of an execution on a worker host reaches the API.
 """
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import shutil
 import subprocess
@@ -131,14 +134,21 @@ def test_abaco_worker_checks_at_default_settings(server_factory: Any) -> None:
 # -- worker hosts ------------------------------------------------------------------------------------
 
 
-def start_host(url: str, api: str, name: str, layouts: Path, lease_s: float) -> tuple[subprocess.Popen, Path]:
+def start_host(url: str, api: str, name: str, layouts: Path | None, lease_s: float,
+               credential: str | None = None, pool: int = 2) -> tuple[subprocess.Popen, Path]:
+    """A worker host. `layouts`: pre-populate its image store; None: an empty store (it fetches from the
+    API's /v2/). `credential`: written to <home>/worker-token, as the operator copies the API's."""
     home = make_home(f"lab-host-{name}-")
-    import_test_images(home, layouts)  # a pre-populated store (pulling from the API is another hook)
+    if layouts is not None:
+        import_test_images(home, layouts)
+    if credential is not None:
+        (home / "worker-token").write_text(credential + "\n")
+        (home / "worker-token").chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTABACO_")}
     env.update(PYTHONPATH=str(ROOT), LIGHTABACO_LEASE_S=str(lease_s))
     log = open(home / "host.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "lightabaco", "workers", "--database-url", url,
-                             "--api", api, "--home", str(home), "--pool", "2", "--host-name", name],
+                             "--api", api, "--home", str(home), "--pool", str(pool), "--host-name", name],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)  # its own process group: killed as a whole below
     log.close()
@@ -151,7 +161,13 @@ def test_two_worker_hosts_share_a_burst_and_a_killed_host_loses_nothing(
     url = postgres_cluster.create_database("hosts")
     lease_s = 4.0
     server = server_factory(database_url=url, workers=1, lease_s=lease_s)
-    hosts = {name: start_host(url, server.url, name, test_image_layouts, lease_s) for name in ("host-a", "host-b")}
+    credential = (server.home / "worker-token").read_text().strip()
+    # host-a: images pre-imported; host-b: an EMPTY store and the copied worker credential (it fetches the
+    # actor's image from the API's /v2/); host-c: an empty store and a forged credential (it must run
+    # nothing: /v2/ refuses it, and its claims are given back to the others).
+    hosts = {"host-a": start_host(url, server.url, "host-a", test_image_layouts, lease_s),
+             "host-b": start_host(url, server.url, "host-b", None, lease_s, credential=credential),
+             "host-c": start_host(url, server.url, "host-c", None, lease_s, credential="f" * 43, pool=1)}
     try:
         aid = server.register("lightabaco/sleep", max_workers=8)["id"]
         assert server.post(f"/actors/{aid}/workers", data={"num": 6}).status_code == 200
@@ -180,6 +196,20 @@ def test_two_worker_hosts_share_a_burst_and_a_killed_host_loses_nothing(
         assert all(ex["status"] == "COMPLETE" for ex in done), [ex["status"] for ex in done]
         ran_on = {ex["host"] for ex in done}
         assert "host-b" in ran_on, ran_on
+        assert "host-c" not in ran_on, "a host with a forged credential got the image"
+        proc_b, home_b = hosts["host-b"]
+        host_b_log = (home_b / "host.log").read_text(errors="replace")
+        assert re.search(r"pulled \S*lightabaco/sleep\S* from the API server", host_b_log), host_b_log[-3000:]
+        from lightabaco.images import ImageStore
+
+        assert ImageStore(home_b / "images").get("lightabaco/sleep").config_digest == \
+            ImageStore(server.home / "images").get("lightabaco/sleep").config_digest, "host-b's copy is the API's image"
+        host_c_log = (hosts["host-c"][1] / "host.log").read_text(errors="replace")
+        assert "could not fetch image" in host_c_log, host_c_log[-3000:]
+        from lightabaco.sandbox.errors import ImageNotFound
+
+        with pytest.raises(ImageNotFound):
+            ImageStore(hosts["host-c"][1] / "images").get("lightabaco/sleep")
         for ex in done:
             assert "done" in server.logs(aid, ex["id"]), ex["id"]
         # What host-a was running when it died ran again elsewhere, under the same execution id.

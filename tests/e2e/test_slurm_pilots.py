@@ -1,7 +1,8 @@
 """Issue 12, Slurm pilots, with real parts: a one-node Slurm cluster (tests/fixtures/slurm.py), PostgreSQL
 (tests/fixtures/postgres.py) and `serve --slurm`. Messages queue -> pilot jobs are submitted -> each pilot
-pulls the actor's image from the API's /v2/ endpoint into its node-local home and runs a worker host that
-executes the messages -> once idle, the pilots are cancelled."""
+runs a worker host (`lightabaco workers --api`) that fetches the actor's image from the API's /v2/ endpoint
+into its node-local home and executes the messages, each execution recording the node and the Slurm job id
+-> once idle, the pilots are cancelled."""
 
 from __future__ import annotations
 
@@ -51,16 +52,22 @@ def test_pilots_follow_the_queue_run_messages_and_are_cancelled_when_idle(slurm_
         jobs = _wait(lambda: [j for j in slurm_cluster.squeue() if j["name"].startswith("lightabaco-")], 30,
                      "a pilot submission", server)
         assert 1 <= len(jobs) <= 2, jobs
+        ran_in = set()
         for ex_id in ids:
             ex = server.wait_execution(actor["id"], ex_id, timeout=180)
             assert ex["status"] == "COMPLETE"
             assert "Contents of MSG: pilot message" in server.logs(actor["id"], ex_id)
+            # the execution's record says where it ran: the node and the Slurm job
+            where = re.fullmatch(r"localhost \(Slurm job (\d+)\)", ex.get("host") or "")
+            assert where, ex
+            ran_in.add(where.group(1))
         # the pilot said where it ran (node and job id), and got the image from the API, not a registry
         logs = {p.name: p.read_text(errors="replace") for p in (home / "slurm").glob("pilot-*.log")}
         assert logs, "pilot logs are written to slurm_dir"
         seen = {m.group(1) for text in logs.values()
                 for m in re.finditer(r"node=localhost slurm_job_id=(\d+)", text)}
         assert seen and seen <= {p[len("pilot-"):-len(".log")] for p in logs}, logs
+        assert ran_in and ran_in <= seen, (ran_in, seen)
         assert any("pulled abacosamples/test from the API server" in t for t in logs.values()), logs
         # idle: every pilot is cancelled (min_jobs 0)
         _wait(lambda: not [j for j in slurm_cluster.squeue() if j["name"].startswith("lightabaco-")], 60,

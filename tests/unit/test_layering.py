@@ -24,11 +24,12 @@ LAYERS: dict[str, set[str]] = {
     "abaco": {"sharing", "protocol", "store", "sandbox", "images", "config", "ids"},  # the lifecycle
     "automation": {"abaco", "sharing", "protocol", "store", "sandbox", "config", "ids"},  # events, cron
     "queries": {"abaco", "automation", "sharing", "protocol", "store", "config", "ids"},  # search, admin
-    "http": {"abaco", "sharing", "queries", "protocol", "web", "config", "ids"},  # never store, never automation
+    "http": {"abaco", "sharing", "queries", "protocol", "web", "config", "ids",
+             "images"},                                 # images.credential only: /v2/ checks the worker credential; never store, never automation
     "web": {"abaco", "sharing", "queries", "protocol", "config", "ids"},  # dashboard, metrics, OpenAPI
     "workers": {"abaco", "automation", "store", "sandbox", "images", "protocol", "config", "ids",
                 "slurm"},                               # slurm.identity: where a worker host runs
-    "slurm": {"store", "sharing", "images", "config", "ids"},  # Slurm pilots: sbatch/scancel, pilot job side
+    "slurm": {"store", "images", "config", "ids"},     # Slurm pilots: sbatch/scancel, pilot job side
     "server": {"abaco", "automation", "sharing", "http", "workers", "store", "endpoint", "config", "ids",
                "slurm"},
     "cli": {"server", "endpoint", "abaco", "sharing", "protocol", "store", "sandbox", "images", "build", "config", "ids"},

@@ -13,7 +13,7 @@ import pytest
 
 from lightabaco.config import Settings
 from lightabaco.http.registry_api import presented_credential
-from lightabaco.sharing import worker_credential
+from lightabaco.images import credential as worker_credential
 from lightabaco.slurm.identity import describe, host_identity
 from lightabaco.slurm.pilots import PilotConfig, PilotManager, SlurmError, wanted_pilots
 

@@ -1,5 +1,10 @@
 """The worker credential: one secret per instance that lets worker hosts read the API server's image store
-over `/v2/...` (lightabaco/http/registry_api.py).
+over `/v2/...` (lightabaco/http/registry_api.py serves it, `distribution.pull_from_api` presents it).
+
+It belongs to the image store's endpoint, so it lives here, beside the client that uses it: the API server
+(`ensure`), worker hosts (`load`, in every pool process that fetches an image) and the Slurm pilots all read
+it without going through the rule layers. Standard library only; settings are read by duck type
+(`home`, `worker_token_file`).
 
 It is not a user token: user tokens never read the store (images may hold other users' secrets, e.g.
 configs baked into a build), and this credential opens nothing else. It lives in a file, mode 0600,
@@ -17,6 +22,7 @@ from typing import Any
 
 
 def path_of(settings: Any) -> Path:
+    """`worker_token_file` (LIGHTABACO_WORKER_TOKEN_FILE), else `<home>/worker-token`."""
     configured = str(getattr(settings, "worker_token_file", "") or "").strip()
     return Path(configured).expanduser() if configured else Path(settings.home) / "worker-token"
 
