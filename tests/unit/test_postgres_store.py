@@ -79,6 +79,9 @@ def test_concurrent_claims_take_each_message_once(pg: Any) -> None:
             if claimed is None:
                 return got
             got.append(claimed.id)
+            # Work takes time: without this, on a loaded machine the first thread to start can drain
+            # the queue before the others have run at all, and the test would not be concurrent.
+            time.sleep(0.01)
 
     results = in_threads(6, worker)
     ids = [m for got in results for m in got]
