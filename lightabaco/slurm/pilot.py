@@ -49,12 +49,38 @@ def worker_host_env(home: Path, token_file: Path, environ: dict[str, str] | None
                 LIGHTABACO_WORKER_TOKEN_FILE=str(token_file))
 
 
+# Secrets the worker host needs from the instance home: the key that signs `_abaco_access_token` for
+# actors with `token: true` (the API checks it) and the key that decrypts secret actor configs.
+INSTANCE_KEYS = ("jwt.key", "config.key")
+
+
+def copy_instance_keys(keys_dir: Path, home: Path) -> list[str]:
+    """Copy the instance keys that exist in `keys_dir` into the node-local `home` (mode 0600, never
+    through a link). Returns the names copied; a missing key is skipped (the API server makes it on
+    first use, and the worker host then reports what fails)."""
+    copied = []
+    for name in INSTANCE_KEYS:
+        try:
+            fd = os.open(keys_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        with os.fdopen(fd, "rb") as src:
+            data = src.read(1 << 16)
+        out = os.open(home / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(out, "wb") as dst:
+            dst.write(data)
+        copied.append(name)
+    return copied
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lightabaco.slurm.pilot")
     p.add_argument("--api", required=True, help="the API server's URL as this node reaches it")
     p.add_argument("--token-file", required=True, help="the worker credential (a copy of <home>/worker-token)")
     p.add_argument("--home", help="node-local home (default $TMPDIR/lightabaco-pilot-<job id>)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--keys-dir", help="the instance home: its jwt.key and config.key are copied to this node's "
+                   "home, so actor tokens and secret configs work here")
     args = p.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(levelname)s %(message)s")
     identity = host_identity()
@@ -71,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     home = node_home(args.home, identity)
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o711)  # as root the sandbox user must traverse to the image store
+    if args.keys_dir:
+        log.info("instance keys copied: %s", ", ".join(copy_instance_keys(Path(args.keys_dir), home)) or "none")
     child = subprocess.Popen(worker_host_argv(args.api, home, args.workers),
                              env=worker_host_env(home, token_file))
 

@@ -46,6 +46,7 @@ class PilotConfig:
     directory: Path  # scripts and logs; must be visible on the compute nodes
     api_url: str
     token_file: Path
+    keys_dir: Path | None = None  # the instance home: its jwt.key and config.key go to each pilot's home
     partition: str = ""
     account: str = ""
     time_limit: str = "01:00:00"
@@ -75,7 +76,7 @@ class PilotConfig:
         tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
         return cls(job_name=f"lightabaco-{tag}",
                    directory=Path(settings.slurm_dir).expanduser() if settings.slurm_dir else home / "slurm",
-                   api_url=api.rstrip("/"), token_file=worker_credential.path_of(settings),
+                   api_url=api.rstrip("/"), token_file=worker_credential.path_of(settings), keys_dir=home,
                    partition=settings.slurm_partition, account=settings.slurm_account,
                    time_limit=settings.slurm_time_limit, max_jobs=settings.slurm_max_jobs,
                    min_jobs=settings.slurm_min_jobs, messages_per_job=max(1, settings.slurm_messages_per_job),
@@ -170,6 +171,8 @@ class PilotManager:
         script = d / "pilot.sh"
         argv = [self.cfg.python, "-m", "lightabaco.slurm.pilot", "--api", self.cfg.api_url,
                 "--token-file", str(self.cfg.token_file), "--workers", str(self.cfg.cpus_per_job)]
+        if self.cfg.keys_dir is not None:
+            argv += ["--keys-dir", str(self.cfg.keys_dir)]
         tmp = d / f".pilot.sh.{os.getpid()}"
         tmp.write_text("#!/bin/sh\n# A lightabaco pilot: a worker host on this node, until cancelled or out of time.\n"
                        f"# Written by `lightabaco serve --slurm`; submitted as job {self.cfg.job_name}.\n"

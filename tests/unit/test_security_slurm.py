@@ -168,3 +168,26 @@ def test_bounds_are_checked_from_settings(tmp_path: Path) -> None:
     assert (tmp_path / "worker-token").exists(), "the credential exists before the first pilot starts"
     other = PilotConfig.from_settings(Settings.from_env(environ={}, home=tmp_path / "x"))
     assert other.job_name != cfg.job_name, "two instances never share (or cancel) each other's pilots"
+
+
+def test_pilot_copies_the_instance_keys_privately_and_never_through_a_link(tmp_path: Path) -> None:
+    """A pilot's node-local home needs the instance's jwt.key (actor tokens the API accepts) and
+    config.key (secret configs): copied 0600; a key that is a symlink in the source is not followed."""
+    from lightabaco.slurm.pilot import copy_instance_keys
+
+    src, home = tmp_path / "instance", tmp_path / "node"
+    src.mkdir()
+    home.mkdir()
+    (src / "jwt.key").write_bytes(b"signing-secret")
+    outside = tmp_path / "outside-secret"
+    outside.write_bytes(b"not for the pilot")
+    (src / "config.key").symlink_to(outside)
+    with pytest.raises(OSError):  # ELOOP from O_NOFOLLOW: the link is refused, not read
+        copy_instance_keys(src, home)
+    assert (home / "jwt.key").read_bytes() == b"signing-secret"
+    assert (home / "jwt.key").stat().st_mode & 0o777 == 0o600
+    assert not (home / "config.key").exists()
+    (src / "config.key").unlink()
+    (src / "config.key").write_bytes(b"fernet-key")
+    assert copy_instance_keys(src, home) == ["jwt.key", "config.key"]
+    assert (home / "config.key").read_bytes() == b"fernet-key"
