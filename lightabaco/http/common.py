@@ -34,6 +34,16 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await run_in_threadpool(busy.bounded, fn, *args, **kwargs)
 
 
+async def call_now(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A short write (one transaction, e.g. the message enqueue) on the event loop's own thread when
+    the database is free this instant, else exactly like call(): off the loop, bounded, 503 when the
+    lock stays held. The thread hop it saves was about a quarter of the enqueue's cost (issue 14)."""
+    try:
+        return busy.now(fn, *args, **kwargs)
+    except busy.WouldWait:
+        return await call(fn, *args, **kwargs)
+
+
 def case_of(request: Request) -> str:
     return services_of(request).settings.case
 
