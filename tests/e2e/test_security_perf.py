@@ -81,14 +81,18 @@ time.sleep(300)
         line = proc.stdout.readline()  # type: ignore[union-attr]
         child, helper = (int(x) for x in line.split())
         assert Path(f"/proc/{child}").exists()
+        # The helper's own children: bwrap (as root), the IPC child forked ahead (the spare), ...
+        helper_kids = [int(x) for x in Path(f"/proc/{helper}/task/{helper}/children").read_text().split()]
+        assert helper_kids, "the helper should hold at least its spare IPC child"
     finally:
         proc.kill()
         proc.wait(10)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (_alive(child) or _alive(helper)):
+    while time.monotonic() < deadline and any(_alive(p) for p in (child, helper, *helper_kids)):
         time.sleep(0.05)
     assert not _alive(child), "the sandbox outlived its worker"
     assert not _alive(helper), "the helper outlived its worker"
+    assert not [p for p in helper_kids if _alive(p)], "a child of the helper outlived it"
 
 
 def _alive(pid: int) -> bool:
