@@ -21,6 +21,7 @@ import argparse
 import http.client
 import json
 import os
+import resource  # imported now: the sandbox user may not be able to read the standard library
 import shutil
 import signal
 import socket
@@ -148,13 +149,145 @@ def bench_sandbox(home: Path, samples: int, seconds: float) -> dict[str, float]:
             "exec_per_s_2": rate}
 
 
+def raw_bwrap_argv(rootfs: Path) -> list[str]:
+    """bubblewrap with lightabaco's namespaces on the image's own rootfs, running its Cmd, nothing else."""
+    return ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+            "--as-pid-1", "--cap-drop", "ALL", "--uid", "1000", "--gid", "1000",
+            "--ro-bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            "--", "/bin/echo", "ok"]
+
+
+def _as_sandbox_user(fn, *args: Any) -> Any:  # type: ignore[no-untyped-def]
+    """Run fn(*args) in a forked child that runs as the sandbox user when we are root (so the raw
+    baseline is what that user's bwrap costs, spawned by vfork like an ordinary user's); its JSON
+    result comes back through a pipe."""
+    from lightabaco.sandbox.users import sandbox_host_user
+
+    user = sandbox_host_user()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(r)
+            if user is not None:
+                os.setgroups([])
+                os.setresgid(user.gid, user.gid, user.gid)
+                os.setresuid(user.uid, user.uid, user.uid)
+            data = json.dumps(fn(*args)).encode()
+            while data:
+                data = data[os.write(w, data):]
+            status = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise RuntimeError("the raw bwrap baseline failed (see above)")
+    return json.loads(b"".join(chunks))
+
+
+def _raw_latency(rootfs: str, samples: int) -> list[float]:
+    argv = raw_bwrap_argv(Path(rootfs))
+    out = []
+    for i in range(samples + 5):
+        t0 = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        if i >= 5:
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def _raw_rate(rootfs: str, seconds: float, runners: int) -> float:
+    """Executions per second of `runners` processes each running raw bwrap back to back."""
+    argv = raw_bwrap_argv(Path(rootfs))
+    r, w = os.pipe()
+    stop = time.monotonic() + seconds
+    kids = []
+    for _ in range(runners):
+        pid = os.fork()
+        if pid == 0:
+            n = 0
+            try:
+                while time.monotonic() < stop:
+                    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+                    n += 1
+                os.write(w, f"{n}\n".encode())
+            finally:
+                os._exit(0)
+        kids.append(pid)
+    os.close(w)
+    t0 = time.monotonic()
+    for pid in kids:
+        os.waitpid(pid, 0)
+    elapsed = time.monotonic() - t0
+    total = sum(int(x) for x in os.read(r, 4096).split())
+    os.close(r)
+    return total / elapsed
+
+
+def _raw_cpu(rootfs: str, runs: int) -> float:
+    """CPU seconds per raw bwrap execution (its own, and the spawning by this process)."""
+    argv = raw_bwrap_argv(Path(rootfs))
+
+    def used() -> float:
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    c0 = used()
+    for _ in range(runs):
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return (used() - c0) / runs
+
+
+def bench_raw(home: Path, samples: int, seconds: float) -> dict[str, float]:
+    from lightabaco.images import ImageStore
+
+    rootfs = str(ImageStore(home / "images").ensure(TRIVIAL_TAG).rootfs)
+    lat = _as_sandbox_user(_raw_latency, rootfs, samples)
+    rate = _as_sandbox_user(_raw_rate, rootfs, seconds, 2)
+    cpu = _as_sandbox_user(_raw_cpu, rootfs, max(samples, 50))
+    return {"start_median_ms": statistics.median(lat), "start_p95_ms": pct(lat, 95), "exec_per_s_2": rate,
+            "cpu_ms_per_exec": cpu * 1000}
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by a process, its descendants and every child they reaped (the
+    sandboxes' runtimes included): what bounds throughput when other jobs share the cores."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 # -- the server --------------------------------------------------------------------------------------
 
 
 def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTABACO_")}
     argv = [sys.executable, "-m", "lightabaco.server", "serve", "--home", str(home), "--port", str(port),
-            "--workers", "2", "--set", "log_level=warning", "--set", "autoscaling=false"]
+            "--workers", "2", "--set", "log_level=warning", "--set", "autoscaling=false",
+            # The per-sender queue cap stays on (its count is part of every enqueue) but high
+            # enough for the bursts below.
+            "--set", "max_queued_messages_per_user=1000000"]
     log = open(home / "server.log", "ab")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -200,10 +333,12 @@ def wait_workers(client: Client, aid: str, n: int) -> None:
 
 
 def burst(port: int, token: str, aid: str, messages: int, clients: int = 4) -> tuple[int, float]:
-    """POST `messages` messages from `clients` keep-alive connections: (accepted, seconds)."""
+    """POST `messages` messages from `clients` keep-alive connections: (accepted, seconds). Raises
+    when any was refused: a refused message is cheap and would inflate the rate."""
     counter = iter(range(messages))
     lock = threading.Lock()
     accepted = [0]
+    refused: list[int] = []
 
     def sender() -> None:
         cl = Client(port, token)
@@ -217,6 +352,8 @@ def burst(port: int, token: str, aid: str, messages: int, clients: int = 4) -> t
             if status == 200:
                 with lock:
                     accepted[0] += 1
+            else:
+                refused.append(status)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=sender) for _ in range(clients)]
@@ -224,7 +361,11 @@ def burst(port: int, token: str, aid: str, messages: int, clients: int = 4) -> t
         t.start()
     for t in threads:
         t.join()
-    return accepted[0], time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    if refused:
+        raise RuntimeError(f"{len(refused)} of {messages} messages were refused (statuses "
+                           f"{sorted(set(refused))})")
+    return accepted[0], elapsed
 
 
 def bench_server(home: Path, samples: int, messages: int) -> dict[str, float]:
@@ -264,7 +405,8 @@ def bench_server(home: Path, samples: int, messages: int) -> dict[str, float]:
 
         # Enqueue burst with 4 keep-alive clients while the 2 workers execute the messages.
         before = c.json("GET", f"/actors/{aid}/executions")["total_executions"]
-        n, seconds = burst(port, token, aid, messages)
+        cpu0 = tree_cpu_s(proc.pid)
+        n, seconds = burst(port, token, aid, messages, clients=8)
         accepted = [n]
         out["enqueue_per_s"] = n / seconds
 
@@ -290,6 +432,16 @@ def bench_server(home: Path, samples: int, messages: int) -> dict[str, float]:
             time.sleep(0.2)
         else:
             raise RuntimeError("not every accepted message completed")
+        # CPU of the whole server (API, workers, helpers, sandboxes) per message: enqueued over HTTP,
+        # executed, recorded (plus this loop's few status reads).
+        out["cpu_ms_per_exec"] = (tree_cpu_s(proc.pid) - cpu0) / accepted[0] * 1000
+        # The server's own rate, from the burst's executions' start and finish times (client polling
+        # and the HTTP reads above do not count): executions / (last finish - first start).
+        burst_execs = summary["executions"][before:] if len(summary["executions"]) > before else []
+        starts = [_ts(e.get("start_time") or e.get("startTime")) for e in burst_execs]
+        ends = [_ts(e.get("finish_time") or e.get("finishTime")) for e in burst_execs]
+        if burst_execs and all(starts) and all(ends):
+            out["exec_per_s_2_own_times"] = len(burst_execs) / (max(ends) - min(starts))  # type: ignore[type-var,operator]
         # The API alone (measured last: this actor's failing worker takes a slot of the 2-worker cap).
         # An actor whose image cannot be pulled is in ERROR and has no worker, but its mailbox accepts
         # messages (each committed before the answer) like any other.
@@ -297,8 +449,11 @@ def bench_server(home: Path, samples: int, messages: int) -> dict[str, float]:
         deadline = time.monotonic() + 30
         while c.json("GET", f"/actors/{idle}")["status"] != "ERROR" and time.monotonic() < deadline:
             time.sleep(0.05)
-        n, seconds = burst(port, token, idle, messages)
+        n, seconds = burst(port, token, idle, messages, clients=8)
         out["enqueue_alone_per_s"] = n / seconds
+        c.json("DELETE", f"/actors/{idle}/messages")
+        n, seconds = burst(port, token, idle, messages, clients=1)
+        out["enqueue_alone_1_client_per_s"] = n / seconds
         c.json("DELETE", f"/actors/{idle}")
 
     finally:
@@ -308,6 +463,14 @@ def bench_server(home: Path, samples: int, messages: int) -> dict[str, float]:
         except subprocess.TimeoutExpired:
             proc.kill()
     return out
+
+
+def _ts(text: str | None) -> float | None:
+    if not text:
+        return None
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def report(raw: dict[str, float], srv: dict[str, float]) -> str:
@@ -337,30 +500,127 @@ def report(raw: dict[str, float], srv: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def issue_table(runs: list[dict[str, Any]]) -> str:
+    """The issue-14 table: one row per user, the server's numbers next to raw bubblewrap's."""
+    head = ("run as", "load before->after", "raw bwrap start med", "raw bwrap 2 runners",
+            "sync med (x raw)", "sync p95 (x raw)", "server exec/s (x raw)", "enqueue 8 clients",
+            "enqueue, workers busy", "enqueue 1 client", "PSS idle",
+            "CPU/exec raw / server (raw/server)")
+    rows = []
+    for run in runs:
+        raw, srv = run["raw"], run["server"]
+        start = raw["start_median_ms"]
+        rate = srv.get("exec_per_s_2_own_times", srv["exec_per_s_2"])
+        rows.append((
+            run["user"], f"{run['load_before']:.2f}->{run['load_after']:.2f}", f"{start:.1f} ms",
+            f"{raw['exec_per_s_2']:.0f}/s",
+            f"{srv['sync_median_ms']:.1f} ms ({srv['sync_median_ms'] / start:.1f}x)",
+            f"{srv['sync_p95_ms']:.1f} ms ({srv['sync_p95_ms'] / start:.1f}x)",
+            f"{rate:.0f}/s ({rate / raw['exec_per_s_2']:.2f})",
+            f"{srv['enqueue_alone_per_s']:.0f}/s", f"{srv['enqueue_per_s']:.0f}/s",
+            f"{srv['enqueue_alone_1_client_per_s']:.0f}/s", f"{srv['pss_total_mb']:.0f} MB",
+            f"{raw['cpu_ms_per_exec']:.1f} / {srv['cpu_ms_per_exec']:.1f} ms "
+            f"({raw['cpu_ms_per_exec'] / srv['cpu_ms_per_exec']:.2f})"))
+    targets = ("target", "", "", "", "<= 2x", "<= 3x", ">= 0.8", ">= 2000/s", ">= 1000/s", "", "<= 150 MB",
+               "(>= 0.8 on idle cores)")
+    widths = [max(len(r[i]) for r in [head, targets, *rows]) for i in range(len(head))]
+    lines = ["| " + " | ".join(f"{c:{w}}" for c, w in zip(r, widths)) + " |" for r in [head]]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(f"{c:{w}}" for c, w in zip(r, widths)) + " |" for r in [*rows, targets]]
+    return "\n".join(lines)
+
+
+def one_run(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything for the current user, in a fresh temporary home."""
+    import pwd
+
+    home = Path(tempfile.mkdtemp(prefix="lightabaco-bench-", dir="/tmp"))
+    home.chmod(0o711)  # the sandbox user must reach the image store when running as root
+    load_before = os.getloadavg()[0]
+    try:
+        print(f"[{pwd.getpwuid(os.getuid()).pw_name}] building the trivial actor image in {home} ...",
+              file=sys.stderr, flush=True)
+        build_trivial_image(home)
+        print("measuring raw bwrap and the sandbox library ...", file=sys.stderr, flush=True)
+        raw = bench_raw(home, args.samples, args.seconds)
+        lib = bench_sandbox(home, args.samples, args.seconds)
+        print("measuring the server ...", file=sys.stderr, flush=True)
+        srv = bench_server(home, args.samples, args.messages)
+    finally:
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    return {"user": user + (" (sandboxes as the sandbox user)" if os.getuid() == 0 else ""),
+            "raw": raw, "sandbox": lib, "server": srv,
+            "load_before": load_before, "load_after": os.getloadavg()[0]}
+
+
+def rerun_as(user: str, argv: list[str]) -> dict[str, Any]:
+    """Run this benchmark again as `user` (runuser; we are root) and return its JSON. The user may not
+    be able to read our interpreter (a pyenv under /root): then the system python3 runs it, with our
+    package and our site-packages on its path (same Python minor version)."""
+    import site
+
+    pkg_parent = str(Path(__file__).resolve().parents[1])
+    paths = [pkg_parent, *site.getsitepackages()]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        probe = subprocess.run(["runuser", "-u", user, "--", python, "-c", "pass"], capture_output=True)
+        if probe.returncode == 0:
+            break
+    else:
+        raise RuntimeError(f"{user} can run no {version} interpreter (ours is {sys.executable}); "
+                           f"install Debian's {version} or run the benchmark as {user} yourself")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTABACO_")}
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.pop("HOME", None)
+    proc = subprocess.run(["runuser", "-u", user, "--", python, "-m", "lightabaco.bench", *argv,
+                           "--json-only"], env=env, cwd="/tmp", stdout=subprocess.PIPE)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the run as {user} failed ({proc.returncode}); see its messages above")
+    return json.loads(proc.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightabaco.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=1000, help="burst size for enqueue/throughput")
     parser.add_argument("--samples", type=int, default=100, help="latency samples per measurement")
-    parser.add_argument("--seconds", type=float, default=5.0, help="sandbox throughput window")
+    parser.add_argument("--seconds", type=float, default=5.0, help="raw/library throughput window")
     parser.add_argument("--json", action="store_true", help="also print the raw numbers as JSON")
+    parser.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the temporary home")
+    parser.add_argument("--also-as", metavar="USER", default=None,
+                        help="when run as root: then run everything again as this ordinary user "
+                             "(runuser) and print both rows (e.g. lightabaco-test)")
     args = parser.parse_args(argv)
-    home = Path(tempfile.mkdtemp(prefix="lightabaco-bench-", dir="/tmp"))
-    home.chmod(0o711)  # the sandbox user must reach the image store when running as root
-    try:
-        print(f"building the trivial actor image in {home} ...", flush=True)
-        build_trivial_image(home)
-        print("measuring the sandbox library ...", flush=True)
-        raw = bench_sandbox(home, args.samples, args.seconds)
-        print("measuring the server ...", flush=True)
-        srv = bench_server(home, args.samples, args.messages)
-        print()
-        print(report(raw, srv))
-        if args.json:
-            print(json.dumps({"sandbox": raw, "server": srv}, indent=2))
-    finally:
-        if not args.keep:
-            shutil.rmtree(home, ignore_errors=True)
+    run = one_run(args)
+    if args.json_only:
+        print(json.dumps(run))
+        return 0
+    runs = [run]
+    if args.also_as:
+        if os.getuid() != 0:
+            raise SystemExit("--also-as needs root (it switches users with runuser)")
+        passed = [a for a in (argv if argv is not None else sys.argv[1:])]
+        skip = False
+        forwarded = []
+        for a in passed:  # everything but --also-as USER / --json
+            if skip:
+                skip = False
+                continue
+            if a == "--also-as":
+                skip = True
+                continue
+            if a.startswith("--also-as=") or a == "--json":
+                continue
+            forwarded.append(a)
+        runs.append(rerun_as(args.also_as, forwarded))
+    print()
+    print(report(run["sandbox"], run["server"]))
+    print()
+    print(issue_table(runs))
+    if args.json:
+        print(json.dumps(runs, indent=2))
     return 0
 
 

@@ -43,6 +43,28 @@ def bounded(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
 
 
+class WouldWait(Exception):
+    """`now()` could not run its call without waiting for the database: run it with `bounded()` in a
+    worker thread instead (nothing was written)."""
+
+
+def now(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call fn on this thread (the event loop's) only if it needs no lock wait at all: SQLite answers
+    "busy" at once instead of waiting, and that becomes WouldWait. For short single-transaction
+    writes whose every statement runs before or inside that transaction (a busy error can then only
+    mean nothing was committed): the caller retries in the threadpool with the API's full bound, so
+    a locked database still costs the request at most `api_db_busy_timeout_s` and then a 503, and
+    the loop never blocks on a lock. Not on PostgreSQL (a network round trip per statement would
+    block the loop, and lock_timeout 0 means no limit there): WouldWait at once."""
+    if db.is_postgres():
+        raise WouldWait()
+    try:
+        with db.lock_wait(0.0):
+            return fn(*args, **kwargs)
+    except DatabaseBusy as exc:
+        raise WouldWait() from exc
+
+
 def is_busy(exc: BaseException) -> bool:
     return db.is_busy_error(exc)
 
@@ -53,4 +75,5 @@ def busy_message(exc: BaseException) -> str:
     return ("The database is busy: another process holds its write lock. Retry in a few seconds.")
 
 
-__all__ = ["DatabaseBusy", "DatabaseCorrupt", "LOOP_WAIT_S", "bounded", "busy_message", "configure", "is_busy", "limit_event_loop_thread"]
+__all__ = ["DatabaseBusy", "DatabaseCorrupt", "LOOP_WAIT_S", "WouldWait", "bounded", "busy_message", "configure",
+           "is_busy", "limit_event_loop_thread", "now"]

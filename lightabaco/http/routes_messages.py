@@ -12,7 +12,7 @@ from starlette.routing import Route
 from lightabaco.abaco import executions, messages
 from lightabaco.protocol.errors import AbacoError, ValidationError
 from lightabaco.protocol.serialize import to_case
-from lightabaco.http.common import call, identity_of, respond, services_of
+from lightabaco.http.common import call, call_now, identity_of, respond, services_of
 from lightabaco.http.envelope import error, ok
 from lightabaco.http.parsing import form_fields, media_type, parse_json, query_fields, read_body
 
@@ -84,9 +84,10 @@ async def actor_messages(request: Request) -> Response:
         return respond(request, result, "The request was successful")
     synchronous = request.query_params.get("_abaco_synchronous", "").lower() == "true"
     payload, content_type = await interpret(request, services.settings.max_body_bytes)
-    # In the threadpool like every database call: a locked database must never stall the event loop.
-    sent = await call(messages.send_message, services, identity, actor_id, payload, content_type,
-                      message_query(request), synchronous)
+    # On the loop when the database is free this instant (no thread hop), else in the threadpool like
+    # every database call: a locked database must never stall the event loop.
+    sent = await call_now(messages.send_message, services, identity, actor_id, payload, content_type,
+                          message_query(request), synchronous)
     if synchronous:
         return await wait_synchronous(request, sent)
     result = sent.result

@@ -167,11 +167,14 @@ class BwrapBackend:
     name = "bwrap"
 
     def __init__(self, scratch: Path, bwrap: str = "bwrap", max_procs: int = DEFAULT_MAX_PROCS,
-                 seccomp: bool = True) -> None:
+                 seccomp: bool = True, spawn_from_helper: bool = True) -> None:
         self.bwrap = shutil.which(bwrap) or bwrap
         self.seccomp = seccomp  # install the deny-list filter (lightabaco/sandbox/seccomp.py)
         self.scratch = Scratch(Path(scratch), traversable=os.geteuid() == 0)
         self.max_procs = max_procs
+        # As root: start bwrap from the helper, which runs as the sandbox user already, by vfork
+        # (helper_server.py); False forks this process to switch users (Popen(user=...)).
+        self.spawn_from_helper = spawn_from_helper
         self._probe: ProbeReport | None = None
         self._probe_lock = threading.Lock()
         self.scratch.ensure()
@@ -366,6 +369,7 @@ class BwrapBackend:
             rlimits=rlimits, prlimit=self._helper.prlimit if host_user is not None else None,
             watch_ipc=self._ipc_watcher(spec),
             setup_network=self._network_setup(spec, host_user),
+            spawn=self._helper.spawn if host_user is not None and self.spawn_from_helper else None,
         )
 
     def _network_setup(self, spec: ExecSpec, host_user: HostUser | None):  # type: ignore[no-untyped-def]

@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from . import procstats
 from .channels import LogSink, ResultsSocket
-from .rlimit_helper import IpcWatch
+from .errors import ExecutionSetupError
+from .rlimit_helper import IpcWatch, SpawnedRuntime
 from .scratch import ExecDir
 from .types import ExecResult, ExecSpec
 from .outcome import Outcome, describe
@@ -72,6 +73,10 @@ class LaunchPlan:
     # Put the execution's network mode in place (sandbox/network.py); called while pid 1 is still
     # blocked, returns what to close at the end. Raises OSError: the actor then never runs.
     setup_network: Callable[[int], Any] | None = None
+    # Start the runtime somewhere else than by Popen: (argv, env, {target fd: our fd}) -> a
+    # SpawnedRuntime. As root, the helper that already runs as the sandbox user (vfork instead of
+    # forking the whole server to switch users; rlimit_helper.RlimitHelper.spawn).
+    spawn: Callable[[list[str], dict[str, str], dict[int, int]], SpawnedRuntime] | None = None
 
 
 def ipc_sysctls(memory_bytes: int) -> dict[str, str]:
@@ -118,7 +123,8 @@ class MonitoredExecution:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._lock = threading.Lock()
         self._kill_requested: float | None = None  # grace seconds of a pending kill() call
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | SpawnedRuntime | None = None
+        self._runtime_pidfd = -1  # pidfd of the runtime process (exit, and kills without pid reuse)
         self.child_pid: int | None = None  # host pid of the sandbox's pid 1, once known
         self.outcome = Outcome(proc_cap=max_procs)
         self._snapshot: procstats.TreeSnapshot | None = None
@@ -193,9 +199,21 @@ class MonitoredExecution:
             except ProcessLookupError:
                 pass
             return
-        target = self.child_pid or (self.proc.pid if self.proc else None)
-        if target:
-            _signal(target, signal_mod.SIGKILL)
+        if self.child_pid:
+            _signal(self.child_pid, signal_mod.SIGKILL)
+        else:
+            self._signal_runtime(signal_mod.SIGKILL)
+
+    def _signal_runtime(self, sig: int) -> None:
+        """Signal the runtime process itself, through its pidfd once we have one (a spawned runtime
+        is reaped by the helper, so its pid number may be reused afterwards)."""
+        if self._runtime_pidfd >= 0:
+            try:
+                signal_mod.pidfd_send_signal(self._runtime_pidfd, sig)
+            except ProcessLookupError:
+                pass
+        elif isinstance(self.proc, subprocess.Popen):
+            _signal(self.proc.pid, sig)
 
     def _exit_status(self, returncode: int) -> tuple[int | None, str | None]:
         """(actor exit code, failure kind or None) from what the runtime reported."""
@@ -216,7 +234,7 @@ class MonitoredExecution:
         try:
             if self.proc and self.proc.returncode is None:
                 self._kill_sandbox()
-                _signal(self.proc.pid, signal_mod.SIGKILL)
+                self._signal_runtime(signal_mod.SIGKILL)
                 self._reap()
         except Exception:
             log.exception("cleanup after monitor failure", extra={"action": "monitor"})
@@ -226,25 +244,29 @@ class MonitoredExecution:
         self._start_wall = time.time()
         self._start_mono = time.monotonic()
         try:
-            self.proc = subprocess.Popen(
-                plan.argv, env=plan.env, stdin=subprocess.DEVNULL,
-                stdout=self._logs.write_fd, stderr=self._logs.write_fd,
-                pass_fds=plan.pass_fds, close_fds=True, cwd=plan.cwd,
-                user=plan.user, group=plan.group,
-                extra_groups=[] if plan.user is not None else None,
-            )
-        except OSError as exc:
-            self.outcome.spawn_error = f"cannot start {plan.argv[0]}: {exc.strerror or exc}"
+            if plan.spawn is not None:
+                fds = {fd: fd for fd in plan.pass_fds}
+                fds[1] = fds[2] = self._logs.write_fd
+                spawned = plan.spawn(plan.argv, plan.env, fds)
+                self.proc, self._runtime_pidfd, spawned.pidfd = spawned, spawned.pidfd, -1
+            else:
+                self.proc = subprocess.Popen(
+                    plan.argv, env=plan.env, stdin=subprocess.DEVNULL,
+                    stdout=self._logs.write_fd, stderr=self._logs.write_fd,
+                    pass_fds=plan.pass_fds, close_fds=True, cwd=plan.cwd,
+                    user=plan.user, group=plan.group,
+                    extra_groups=[] if plan.user is not None else None,
+                )
+                self._runtime_pidfd = os.pidfd_open(self.proc.pid)
+        except (OSError, ExecutionSetupError) as exc:
+            why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+            self.outcome.spawn_error = f"cannot start {plan.argv[0]}: {why}"
             self._close_plan_fds()
             self._finish(None, None, {}, 0.0)
             return
         self._close_plan_fds()
         self._logs.close_write_end()
-        pidfd = os.pidfd_open(self.proc.pid)
-        try:
-            self._loop(pidfd)
-        finally:
-            os.close(pidfd)
+        self._loop(self._runtime_pidfd)
         rusage, io, wait_status = self._reap()
         self._drain_after_exit()
         self._finish(wait_status, rusage, io, time.monotonic() - self._start_mono)
@@ -298,7 +320,7 @@ class MonitoredExecution:
                 self._term_deadline = None
                 self._hard_kill()
             if self._hard_killed_at is not None and now >= self._hard_killed_at + self.kill_escalate_s:
-                _signal(self.proc.pid, signal_mod.SIGKILL)  # type: ignore[union-attr]
+                self._signal_runtime(signal_mod.SIGKILL)
                 self._hard_killed_at = now  # re-arm rather than spin if it hangs in the kernel
             if now >= next_tick:
                 next_tick = now + WATCHDOG_INTERVAL_S
@@ -425,7 +447,10 @@ class MonitoredExecution:
 
     def _reap(self) -> tuple[object, dict[str, int], int]:
         assert self.proc is not None
-        wait_status, rusage, io = procstats.reap(self.proc.pid)
+        if isinstance(self.proc, SpawnedRuntime):
+            wait_status, rusage, io = self.proc.reap()
+        else:
+            wait_status, rusage, io = procstats.reap(self.proc.pid)
         # Tell Popen the child is gone, so its own cleanup never waits on a recycled pid.
         self.proc.returncode = os.waitstatus_to_exitcode(wait_status)
         return rusage, io, wait_status
@@ -499,10 +524,12 @@ class MonitoredExecution:
         if self._net is not None:
             self._net.close()
             self._net = None
-        for fd in (self._plan.status_fd, self._plan.block_fd, self._child_pidfd):
+        for fd in (self._plan.status_fd, self._plan.block_fd, self._child_pidfd, self._runtime_pidfd):
             if fd >= 0:
                 os.close(fd)
-        self._plan.status_fd = self._plan.block_fd = self._child_pidfd = -1
+        self._plan.status_fd = self._plan.block_fd = self._child_pidfd = self._runtime_pidfd = -1
+        if isinstance(self.proc, SpawnedRuntime):
+            self.proc.close()
         with self._lock:
             for fd in (self._wake_r, self._wake_w):
                 if fd >= 0:

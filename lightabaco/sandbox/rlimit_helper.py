@@ -34,10 +34,12 @@ import struct
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ExecutionSetupError
-from .helper_server import _HEAD, _ITEM, _NET_DOOR, _PORT, _PRLIMIT, _REPLY, _USAGE, _WATCH_IPC
+from .helper_server import (_EXITED, _HEAD, _IO_KEYS, _ITEM, _NET_DOOR, _PID, _PORT, _PRLIMIT, _REPLY,
+                            _SPAWN, _USAGE, _WATCH_IPC, recv_fds_cloexec)
 from .users import HostUser
 
 
@@ -61,6 +63,48 @@ class IpcWatch:
 
     def close(self) -> None:
         self._sock.close()  # the child sees EOF and exits
+
+
+@dataclass(frozen=True)
+class SpawnRusage:
+    """The parts of a struct rusage the execution reads (see MonitoredExecution._finish)."""
+
+    ru_utime: float
+    ru_stime: float
+    ru_maxrss: int
+
+
+class SpawnedRuntime:
+    """A runtime the helper started (as the sandbox user) and will reap: the execution's handle.
+
+    Duck-types what MonitoredExecution uses of subprocess.Popen (pid, returncode), plus the pidfd the
+    helper handed over (exit is seen by polling it, kills are sent through it) and the report of its
+    end (`reap`)."""
+
+    def __init__(self, pid: int, pidfd: int, report: socket.socket) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.returncode: int | None = None
+        self._report = report
+
+    def reap(self, timeout_s: float = 30.0) -> tuple[int, SpawnRusage, dict[str, int]]:
+        """(wait status, rusage, io) once the runtime has exited; the helper sends them when it
+        reaped it. Raises OSError when the helper is gone without telling."""
+        self._report.settimeout(timeout_s)
+        try:
+            data = self._report.recv(_EXITED.size)
+        finally:
+            self._report.close()
+        if len(data) != _EXITED.size:
+            raise OSError(errno_mod.EIO, "the sandbox helper ended before reporting the runtime's exit")
+        status, utime, stime, maxrss, *io = _EXITED.unpack(data)
+        return status, SpawnRusage(utime / 1e9, stime / 1e9, maxrss), dict(zip(_IO_KEYS, io))
+
+    def close(self) -> None:
+        self._report.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 class RlimitHelper:
@@ -96,6 +140,43 @@ class RlimitHelper:
                 ) from exc
         if err:
             raise OSError(err, os.strerror(err))
+
+    def spawn(self, argv: list[str], env: dict[str, str], fds: dict[int, int]) -> SpawnedRuntime:
+        """Start `argv` from the helper (as the sandbox user, by vfork+exec) with `fds` placed at
+        their numbers (target -> our descriptor; stdin is /dev/null unless given). Raises OSError
+        (e.g. ENOENT) when it cannot be started, ExecutionSetupError when the helper is gone."""
+        targets = sorted(fds)
+        fields = [str(len(argv)).encode(), *(os.fsencode(a) for a in argv), str(len(targets)).encode(),
+                  *(str(t).encode() for t in targets),
+                  *(f"{k}={v}".encode() for k, v in env.items())]
+        body = b"\0".join(fields)
+        for field in fields:
+            if b"\0" in field:
+                raise ExecutionSetupError("a runtime argument contains a NUL byte; remove it")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            with self._lock:
+                try:
+                    socket.send_fds(self._sock, [_HEAD.pack(_SPAWN, 0, 0) + body],
+                                    [theirs.fileno(), *(fds[t] for t in targets)])
+                    reply, got = recv_fds_cloexec(self._sock, _REPLY.size + _PID.size, 1)
+                    (err,) = _REPLY.unpack_from(reply)
+                except (OSError, struct.error) as exc:
+                    raise ExecutionSetupError(
+                        "the sandbox helper process is gone; restart lightabaco (it starts the "
+                        f"sandboxes): {exc}") from exc
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        if err:
+            ours.close()
+            for fd in got:
+                os.close(fd)
+            raise OSError(err, os.strerror(err))
+        (pid,) = _PID.unpack_from(reply, _REPLY.size)
+        return SpawnedRuntime(pid, got[0], ours)
 
     def prlimit(self, pid: int, limits: list[tuple[int, tuple[int, int]]]) -> None:
         self._call(_HEAD.pack(_PRLIMIT, pid, len(limits)) + b"".join(

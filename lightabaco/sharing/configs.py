@@ -231,8 +231,11 @@ def actor_configs_for(services: Any, tenant: str, actor_id: str) -> dict[str, st
 
     Bindings name the actor by its dbid, fixed when the config was written: an alias re-created later by
     someone else, or another actor given a freed name, never receives the config."""
+    from lightabaco.store import fast
     from lightabaco.store.sharing import ActorConfig, ConfigBinding
 
+    if not fast.exists(ConfigBinding, "actor_dbid", f"{tenant}_{actor_id}"):
+        return {}  # the common case, asked on every execution: skip building the query below
     bound = (ConfigBinding.select(ConfigBinding.config_key)
              .where(ConfigBinding.actor_dbid == f"{tenant}_{actor_id}"))
     rows = (ActorConfig.select().where((ActorConfig.tenant == tenant) & (ActorConfig.key << bound))

@@ -44,6 +44,23 @@ def get_one(model: type[M], field_name: str, value: Any) -> M | None:
     return instance
 
 
+_exists_cache: dict[tuple[type, str, str], str] = {}
+
+
+def exists(model: type[peewee.Model], field_name: str, value: Any) -> bool:
+    """Whether a row with model.<field_name> == value exists (an indexed probe, SQL cached): lets a
+    hot path skip a larger query built by peewee when there is nothing to find (most actors have
+    no configs, yet every execution asks)."""
+    key = (model, field_name, _param())
+    sql = _exists_cache.get(key)
+    if sql is None:
+        field = model._meta.fields[field_name]
+        sql = _exists_cache[key] = placeholders(
+            f"SELECT 1 FROM {_quote(model._meta.table_name)} WHERE {_quote(field.column_name)} = ? LIMIT 1")
+    field = model._meta.fields[field_name]
+    return database.execute_sql(sql, (field.db_value(value),)).fetchone() is not None
+
+
 def insert(model: type[peewee.Model], **values: Any) -> Any:
     """model.insert(**values).execute() with a cached statement per set of columns; fields left out
     take their declared defaults."""
