@@ -21,6 +21,7 @@ if __name__ == "__main__":  # first, before the slow imports: see lineage.py
     lineage.tie_to_parent()
 
 import argparse
+import difflib
 import logging
 import signal
 import sys
@@ -71,9 +72,26 @@ def actor_error(services: Services, actor: Actor, revision: int, worker_id: str,
 
 def image_error(services: Services, actor: Actor, revision: int, worker_id: str, exc: BaseException) -> None:
     """The actor's image could not be prepared (the exception's message never holds a registry's body)."""
-    actor_error(services, actor, revision, worker_id,
-                f"Error pulling image {actor.image} - exception: {exc}. Import it with `lightabaco images "
-                "import` or fix the name, then PUT the actor with force=true.")
+    actor_error(services, actor, revision, worker_id, explain_image_error(services, actor.image, exc))
+
+
+def explain_image_error(services: Any, ref: str, exc: BaseException) -> str:
+    """Abaco's words first (clients match on them), then what a user needs: whether the name is in the
+    local store at all, the nearest names that are (a typo such as abacosamples/wcc is the common case),
+    and how to add the image or re-point the actor, in CLI and REST spelling."""
+    text = f"Error pulling image {ref} - exception: {exc}."
+    try:
+        local = sorted({r["reference"] for r in services.images.list() if r.get("reference")})
+    except Exception:  # the advice is a courtesy: never let it hide the real error
+        local = []
+    if ref not in local:
+        near = difflib.get_close_matches(ref, local, n=3, cutoff=0.6)
+        text += f" {ref} is not in this server's local image store"
+        text += f" (near names there: {', '.join(near)})." if near else "."
+    return text + (f" To add it: `lightabaco images pull {ref}`, `lightabaco images import PATH --tag {ref}` or "
+                   f"`lightabaco images build DIR --tag {ref}`, then `lightabaco actors update ACTOR --image "
+                   f"{ref}` (REST: PUT /actors/ACTOR with image={ref} and force=true). To use another image: "
+                   "`lightabaco actors update ACTOR --image NAME`.")
 
 
 class NoBell:
