@@ -30,7 +30,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, Protocol
 
 from . import bases
-from .cache import StepCache, apply_layer, checkpoint_steps, first_key, last_file_step, step_keys
+from .cache import (StepCache, apply_layer, checkpoint_steps, first_key, hash_context_entry, last_file_step,
+                    step_keys)
 from .podman import build_podman
 from .results import BuildResult, Progress, Store
 from .steps import BuildState, TreeBuilder, apply, arg_defaults, ignore_patterns, ignored
@@ -50,12 +51,7 @@ def _context_digest(context: Path, ignore: list[str]) -> str:
         rel = path.relative_to(context).as_posix()
         if ignored(rel, ignore):
             continue
-        st = path.lstat()
-        digest.update(f"{rel}\0{st.st_mode:o}\0".encode())
-        if path.is_symlink():
-            digest.update(os.readlink(path).encode())
-        elif path.is_file():
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        hash_context_entry(digest, path, rel)
     return digest.hexdigest()
 
 

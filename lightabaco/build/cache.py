@@ -42,6 +42,19 @@ def _sha(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def hash_context_entry(digest: Any, path: Path, rel: str) -> None:
+    """Add one build-context entry to `digest`: its relative name and mode, then its link target or
+    its bytes (read in 1 MiB pieces, so a large context file is never held in memory whole)."""
+    st = path.lstat()
+    digest.update(f"{rel}\0{st.st_mode:o}\0".encode())
+    if path.is_symlink():
+        digest.update(os.readlink(path).encode())
+    elif path.is_file():
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+
+
 def _files_digest(context: Path, ins: Instruction, variables: dict[str, str], source: str,
                   ignore: list[str]) -> str:
     """The bytes, names and modes of what a COPY/ADD reads from the context."""
@@ -61,14 +74,7 @@ def _files_digest(context: Path, ins: Instruction, variables: dict[str, str], so
                     continue  # outside the context: the step refuses it
                 if ignored(rel, ignore):
                     continue
-                st = path.lstat()
-                digest.update(f"{rel}\0{st.st_mode:o}\0".encode())
-                if path.is_symlink():
-                    digest.update(os.readlink(path).encode())
-                elif path.is_file():
-                    with open(path, "rb") as handle:
-                        for chunk in iter(lambda: handle.read(1 << 20), b""):
-                            digest.update(chunk)
+                hash_context_entry(digest, path, rel)
     return digest.hexdigest()
 
 

@@ -69,6 +69,22 @@ def _setns(fd: int, nstype: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def _join_namespace(pid: int, kind: str, nstype: int) -> None:
+    """setns() into `pid`'s namespace of `kind` ("ipc", "net"), through the user namespace that owns
+    it first: only there do we hold the capabilities the second setns() needs."""
+    ns = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+    owner = fcntl.ioctl(ns, _NS_GET_USERNS)
+    _setns(owner, _CLONE_NEWUSER)
+    _setns(ns, nstype)
+    os.close(owner)
+    os.close(ns)
+
+
+def _send_refusal(sock: socket.socket, exc: OSError) -> None:
+    """Tell the server a forked child's setup failed: the errno, then the message (at most 1000 bytes)."""
+    sock.send(_REPLY.pack(exc.errno or errno_mod.EIO) + str(exc).encode()[:1000])
+
+
 def sysv_bytes() -> int:
     """SysV shared memory held in the caller's IPC namespace (resident plus swapped), in bytes."""
     info = _ShmInfo()
@@ -106,12 +122,7 @@ def _watch_ipc(pid: int, sysctls: bytes, sock: socket.socket, helper: int) -> No
     """In a forked child: join `pid`'s IPC namespace, set its limits, then answer usage queries."""
     die_with_parent(helper)
     try:
-        ipc = os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
-        owner = fcntl.ioctl(ipc, _NS_GET_USERNS)
-        _setns(owner, _CLONE_NEWUSER)
-        _setns(ipc, _CLONE_NEWIPC)
-        os.close(owner)
-        os.close(ipc)
+        _join_namespace(pid, "ipc", _CLONE_NEWIPC)
         # bwrap reports pid 1 as soon as it is cloned, and pid 1 writes its user namespace's uid map
         # itself, racing with us: until it has, the namespace has no root and the writes below are
         # refused (seen in about one run in five). Wait for the map (a few ms at most).
@@ -125,7 +136,7 @@ def _watch_ipc(pid: int, sysctls: bytes, sock: socket.socket, helper: int) -> No
                 f.write(value)
         sock.send(_REPLY.pack(0))
     except OSError as exc:
-        sock.send(_REPLY.pack(exc.errno or errno_mod.EIO) + str(exc).encode()[:1000])
+        _send_refusal(sock, exc)
         return
     while sock.recv(16):
         try:
@@ -155,12 +166,7 @@ def _net_door(pid: int, body: bytes, sock: socket.socket) -> None:
     hand back a TCP socket listening on 127.0.0.1:<port> inside it (see sandbox/network.py)."""
     try:
         (port,) = _PORT.unpack_from(body)
-        net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        owner = fcntl.ioctl(net, _NS_GET_USERNS)
-        _setns(owner, _CLONE_NEWUSER)
-        _setns(net, _CLONE_NEWNET)
-        os.close(owner)
-        os.close(net)
+        _join_namespace(pid, "net", _CLONE_NEWNET)
         nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
         for seq, network in enumerate(body[_PORT.size:].decode().split(), start=1):
             _add_prohibit_route(nl, network, seq)
@@ -183,7 +189,7 @@ def _net_door(pid: int, body: bytes, sock: socket.socket) -> None:
             fds.append(listener.fileno())
         socket.send_fds(sock, [_REPLY.pack(0)], fds)
     except OSError as exc:
-        sock.send(_REPLY.pack(exc.errno or errno_mod.EIO) + str(exc).encode()[:1000])
+        _send_refusal(sock, exc)
 
 
 def recv_fds_cloexec(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:

@@ -27,6 +27,7 @@ import pytest
 import requests
 
 from tests.fixtures.oci import busybox_layout
+from tests.fixtures.processes import describe_processes, processes_mentioning
 from tests.fixtures.server import LiveServer, MessageBurst, free_port, import_test_images, make_home
 
 pytestmark = pytest.mark.e2e
@@ -352,36 +353,6 @@ def test_force_quit_of_a_loop_that_ignores_sigterm(qb_server: LiveServer) -> Non
 
 # ---------------------------------------------------------------------------------------------------
 # 4. Kill the server at any moment: nothing accepted is lost
-
-def processes_mentioning(*needles: bytes) -> list[int]:
-    """Pids whose command line or environment contains one of `needles` (root reads every one)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        for part in ("cmdline", "environ"):
-            try:
-                data = (entry / part).read_bytes()
-            except OSError:
-                continue
-            if any(n in data for n in needles):
-                found.append(int(entry.name))
-                break
-    return found
-
-
-def describe_processes(pids: list[int]) -> list[str]:
-    """pid, parent pid and the start of the command line of each pid, for an assertion message."""
-    out = []
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()[:100].replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        out.append(f"{pid} (ppid {stat[1]}, {stat[0]}): {cmd}")
-    return out
-
 
 def epoch(iso: str) -> float:
     """An execution time as the API shows it ("2026-11-28T05:18:26.421Z") → epoch seconds."""

@@ -17,35 +17,9 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.processes import describe_processes, processes_mentioning
+
 ORPHAN_DEADLINE_S = 5.0
-
-
-def processes_mentioning(*needles: bytes) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        for part in ("cmdline", "environ"):
-            try:
-                data = (entry / part).read_bytes()
-            except OSError:
-                continue
-            if any(n in data for n in needles):
-                found.append(int(entry.name))
-                break
-    return found
-
-
-def describe(pids: list[int]) -> list[str]:
-    out = []
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()[:100].replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        out.append(f"{pid} (ppid {stat[1]}, {stat[0]}): {cmd}")
-    return out
 
 
 def wait_gone(needles: tuple[bytes, ...], deadline_s: float = ORPHAN_DEADLINE_S) -> list[int]:
@@ -74,10 +48,10 @@ def needles_of(server: Any, aid: str) -> tuple[bytes, ...]:
 def test_sigkill_of_the_main_process_alone_leaves_no_orphan(server_factory: Any) -> None:
     server, aid, _ = busy_server(server_factory)
     before = processes_mentioning(*needles_of(server, aid))
-    assert len(before) >= 5, describe(before)  # server, workers, helpers, sandboxes
+    assert len(before) >= 5, describe_processes(before)  # server, workers, helpers, sandboxes
     server.kill()
     left = wait_gone(needles_of(server, aid))
-    assert not left, f"outlived the server by {ORPHAN_DEADLINE_S} s: {describe(left)}"
+    assert not left, f"outlived the server by {ORPHAN_DEADLINE_S} s: {describe_processes(left)}"
 
 
 def test_sigkill_of_every_process_at_once_leaves_no_orphan(server_factory: Any) -> None:
@@ -90,7 +64,7 @@ def test_sigkill_of_every_process_at_once_leaves_no_orphan(server_factory: Any) 
             pass
     server.proc.wait()
     left = wait_gone(needles_of(server, aid))
-    assert not left, describe(left)
+    assert not left, describe_processes(left)
 
 
 def test_sigkill_of_a_worker_mid_execution_kills_its_sandbox_and_reruns(server_factory: Any) -> None:
@@ -106,7 +80,7 @@ def test_sigkill_of_a_worker_mid_execution_kills_its_sandbox_and_reruns(server_f
     while (left := [p for p in family if Path(f"/proc/{p}").exists() and not zombie(p)]) \
             and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not left, describe(left)
+    assert not left, describe_processes(left)
     for eid in eids:  # the killed worker's execution runs again; nothing is lost
         ex = server.wait_execution(aid, eid, timeout=60)
         assert ex["status"] == "COMPLETE"
@@ -208,7 +182,7 @@ def test_sigterm_after_the_grace_period_requeues_what_still_runs(server_factory:
     assert server.proc.wait(timeout=20) == 0
     assert time.monotonic() - t0 < 8, "the drain waited for the execution instead of the grace period"
     left = wait_gone((str(server.home).encode(), f"_abaco_actor_id={aid}".encode()))
-    assert not left, describe(left)
+    assert not left, describe_processes(left)
     server.start()
     ex = server.wait_execution(aid, eid, timeout=60)  # re-queued, ran again after the restart
     assert ex["status"] == "COMPLETE" and "done" in server.logs(aid, eid)
