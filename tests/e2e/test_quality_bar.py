@@ -180,7 +180,8 @@ def test_actor_cannot_see_another_execution(qb_server: LiveServer) -> None:
     for aid in (bob_aid, alice_aid):
         server.wait_actor(aid, "READY")
     # Bob writes a file to his /tmp, starts a long sleep and shows that his own ps sees it.
-    bob_script = ("echo bob-secret-contents > /tmp/bob-private-file; sleep 6 & echo started; ps; "
+    # (15 s: on a loaded host Alice's execution may take several seconds to be claimed and run)
+    bob_script = ("echo bob-secret-contents > /tmp/bob-private-file; sleep 15 & echo started; ps; "
                   "wait; echo bob done")
     r = requests.post(f"{server.url}/actors/{bob_aid}/messages", data={"message": bob_script},
                       headers=bob_h, timeout=30)
@@ -210,7 +211,7 @@ def test_actor_cannot_see_another_execution(qb_server: LiveServer) -> None:
     pids = [line for line in alice_logs.splitlines() if line.strip().isdigit()]
     assert 1 <= len(pids) <= 8, alice_logs
 
-    bob_ex = server.wait_execution(bob_aid, bob_eid, timeout=30)
+    bob_ex = server.wait_execution(bob_aid, bob_eid, timeout=60)
     bob_logs = server.logs(bob_aid, bob_eid)
     assert bob_ex["status"] == "COMPLETE" and "bob done" in bob_logs
     assert "sleep 6" in bob_logs  # the same ps does see a sleep when it is in the same sandbox
