@@ -181,7 +181,9 @@ def test_actor_cannot_see_another_execution(qb_server: LiveServer) -> None:
         server.wait_actor(aid, "READY")
     # Bob writes a file to his /tmp, starts a long sleep and shows that his own ps sees it.
     # (15 s: on a loaded host Alice's execution may take several seconds to be claimed and run)
-    bob_script = ("echo bob-secret-contents > /tmp/bob-private-file; sleep 15 & echo started; ps; "
+    # (ps only once the background sleep has exec'd: right after `&` it can still show as the shell)
+    bob_script = ("echo bob-secret-contents > /tmp/bob-private-file; sleep 15 & "
+                  "until ps | grep -q '[s]leep 15'; do :; done; echo started; ps; "
                   "wait; echo bob done")
     r = requests.post(f"{server.url}/actors/{bob_aid}/messages", data={"message": bob_script},
                       headers=bob_h, timeout=30)
@@ -214,7 +216,7 @@ def test_actor_cannot_see_another_execution(qb_server: LiveServer) -> None:
     bob_ex = server.wait_execution(bob_aid, bob_eid, timeout=60)
     bob_logs = server.logs(bob_aid, bob_eid)
     assert bob_ex["status"] == "COMPLETE" and "bob done" in bob_logs
-    assert "sleep 6" in bob_logs  # the same ps does see a sleep when it is in the same sandbox
+    assert "sleep 15" in bob_logs  # the same ps does see a sleep when it is in the same sandbox
     # Over HTTP, Alice cannot read Bob's execution, its logs or its actor.
     for path in (f"/actors/{bob_aid}", f"/actors/{bob_aid}/executions/{bob_eid}",
                  f"/actors/{bob_aid}/executions/{bob_eid}/logs"):
