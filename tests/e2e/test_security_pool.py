@@ -9,9 +9,12 @@ pullers and helpers) or by the actor id in a sandbox's environment.
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +244,13 @@ def test_a_database_from_the_previous_release_opens_and_works(test_image_layouts
     try:
         import_test_images(home, test_image_layouts)
         sh.copy(OLD_DATABASE, home / "lightabaco.db")
+        # The file was made by root; an upgrade in place is run by the home's own user, who owns its
+        # actors (with --auth none the caller is the OS user), so hand them to whoever runs the test.
+        me = getpass.getuser()
+        with closing(sqlite3.connect(home / "lightabaco.db")) as con, con:
+            con.execute("UPDATE actor SET owner = ? WHERE owner = 'root'", (me,))
+            con.execute("UPDATE execution SET executor = ? WHERE executor = 'root'", (me,))
+            con.execute("UPDATE sharing_permission SET username = ? WHERE username = 'root'", (me,))
         server = LiveServer(home=home, port=free_port(), settings={"auth": "none"}).start()
         try:
             actors = server.get("/actors").json()["result"]
