@@ -77,4 +77,6 @@ def test_killed_worker_process_is_replaced_and_its_message_runs_again(live_serve
     assert done["status"] == "COMPLETE" and done["worker_id"] != ex["worker_id"]
     assert "done" in live_server.logs(aid, eid)
     ids = [w["id"] for w in live_server.get(f"/actors/{aid}/workers").json()["result"]]
-    assert ex["worker_id"] not in ids and len(ids) == 1
+    # The dead worker is gone and replaced; while its message waited to run again, the autoscaler may
+    # have added one more slot for the stateless backlog (seen on a loaded host), never more.
+    assert ex["worker_id"] not in ids and 1 <= len(ids) <= 2, ids
