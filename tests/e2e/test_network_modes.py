@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.fixtures.samples import SampleImages
+from tests.fixtures.samples import SampleImages, server_with_samples
 from tests.fixtures.server import LiveServer, free_port, make_home
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -74,14 +74,8 @@ def probe_image(sample_images: SampleImages) -> str:
 
 @pytest.fixture(scope="module")
 def net_server(sample_images: SampleImages) -> Iterator[LiveServer]:
-    home = make_home("lab-netmodes-home-")
-    sample_images.install(home)
-    server = LiveServer(home=home, port=free_port())
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+    with server_with_samples(sample_images, "lab-netmodes-home-") as server:
+        yield server
 
 
 @pytest.fixture
